@@ -1,0 +1,1 @@
+"""asyncsourcing: asyncio-native event sourcing."""

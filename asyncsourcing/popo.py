@@ -1,0 +1,252 @@
+"""The in-memory backend: plain Python objects, for tests and examples.
+
+Each recorder is its own database. Writes are serialised by the recorder's
+``_database_lock`` (an :class:`asyncio.Lock`); subscriptions and waiters are
+woken directly by the writes, with no polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.utils import reversed_keys
+
+from asyncsourcing.persistence import (
+    AggregateRecorder,
+    ApplicationRecorder,
+    InfrastructureFactory,
+    IntegrityError,
+    Notification,
+    ProcessRecorder,
+    StoredEvent,
+    Subscription,
+    Tracking,
+    TrackingRecorder,
+)
+
+__all__ = [
+    "POPOAggregateRecorder",
+    "POPOApplicationRecorder",
+    "POPOFactory",
+    "POPOProcessRecorder",
+    "POPORecorder",
+    "POPOSubscription",
+    "POPOTrackingRecorder",
+]
+
+
+class POPORecorder:
+    def __init__(self) -> None:
+        self._database_lock = asyncio.Lock()
+
+
+class POPOAggregateRecorder(POPORecorder, AggregateRecorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self._stored_events: list[StoredEvent] = []
+        self._stored_events_index: dict[str, dict[int, int]] = defaultdict(dict)
+
+    async def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        async with self._database_lock:
+            self._assert_uniqueness(stored_events, **kwargs)
+            return self._update_table(stored_events, **kwargs)
+
+    def _assert_uniqueness(
+        self, stored_events: Sequence[StoredEvent], **_: Any
+    ) -> None:
+        new = set()
+        for s in stored_events:
+            if s.originator_version in self._stored_events_index[str(s.originator_id)]:
+                msg = (
+                    f"Stored event already recorded: originator "
+                    f"{s.originator_id} version {s.originator_version}"
+                )
+                raise IntegrityError(msg)
+            new.add((str(s.originator_id), s.originator_version))
+        if len(new) < len(stored_events):
+            msg = "Stored events are not unique: the same version appears twice"
+            raise IntegrityError(msg)
+
+    def _update_table(
+        self, stored_events: Sequence[StoredEvent], **_: Any
+    ) -> Sequence[int]:
+        notification_ids = []
+        for s in stored_events:
+            self._stored_events.append(s)
+            position = len(self._stored_events)
+            self._stored_events_index[str(s.originator_id)][s.originator_version] = (
+                position - 1
+            )
+            notification_ids.append(position)
+        return notification_ids
+
+    async def select_events(
+        self,
+        originator_id: UUID | str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Sequence[StoredEvent]:
+        results = []
+        index = self._stored_events_index.get(str(originator_id), {})
+        versions: Iterable[int] = reversed_keys(index) if desc else index.keys()
+        for version in versions:
+            if gt is not None and version <= gt:
+                continue
+            if lte is not None and version > lte:
+                continue
+            results.append(self._stored_events[index[version]])
+            if len(results) == limit:
+                break
+        return results
+
+
+class POPOApplicationRecorder(POPOAggregateRecorder, ApplicationRecorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self._subscriptions: set[Subscription[Any]] = set()
+
+    async def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        notification_ids = await super().insert_events(stored_events, **kwargs)
+        for subscription in self._subscriptions:
+            subscription.notify()
+        return notification_ids
+
+    async def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]:
+        if start is None:
+            start, inclusive_of_start = 1, True
+        first = max(start if inclusive_of_start else start + 1, 1)
+        last = len(self._stored_events) if stop is None else stop
+        results: list[Notification] = []
+        for notification_id in range(first, min(last, len(self._stored_events)) + 1):
+            s = self._stored_events[notification_id - 1]
+            if topics and s.topic not in topics:
+                continue
+            results.append(
+                Notification(
+                    id=notification_id,
+                    originator_id=s.originator_id,
+                    originator_version=s.originator_version,
+                    topic=s.topic,
+                    state=s.state,
+                )
+            )
+            if len(results) == limit:
+                break
+        return results
+
+    async def max_notification_id(self) -> int | None:
+        return len(self._stored_events) or None
+
+    def subscribe(
+        self, gt: int | None = None, topics: Sequence[str] = ()
+    ) -> Subscription[ApplicationRecorder]:
+        return POPOSubscription(self, gt=gt, topics=topics)
+
+
+class POPOSubscription(Subscription[POPOApplicationRecorder]):
+    """Woken directly by the recorder's ``insert_events()``."""
+
+    async def _start_listening(self) -> None:
+        await super()._start_listening()
+        self._recorder._subscriptions.add(self)
+
+    async def _stop_listening(self) -> None:
+        self._recorder._subscriptions.discard(self)
+
+
+class POPOTrackingRecorder(POPORecorder, TrackingRecorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self._max_tracking_ids: dict[str, int] = {}
+
+    def _assert_tracking_uniqueness(self, tracking: Tracking) -> None:
+        max_tracking_id = self._max_tracking_ids.get(tracking.application_name)
+        if max_tracking_id is not None and max_tracking_id >= tracking.notification_id:
+            msg = (
+                f"Tracking notification ID {tracking.notification_id} "
+                f"not greater than current max tracking ID {max_tracking_id} "
+                f"for application '{tracking.application_name}'"
+            )
+            raise IntegrityError(msg)
+
+    def _insert_tracking(self, tracking: Tracking) -> None:
+        self._max_tracking_ids[tracking.application_name] = tracking.notification_id
+        self.position_board.advance(tracking.application_name, tracking.notification_id)
+
+    async def insert_tracking(self, tracking: Tracking) -> None:
+        async with self._database_lock:
+            self._assert_tracking_uniqueness(tracking)
+            self._insert_tracking(tracking)
+
+    async def max_tracking_id(self, application_name: str) -> int | None:
+        return self._max_tracking_ids.get(application_name)
+
+
+class POPOProcessRecorder(
+    POPOTrackingRecorder, POPOApplicationRecorder, ProcessRecorder
+):
+    def _assert_uniqueness(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        super()._assert_uniqueness(stored_events, **kwargs)
+        tracking: Tracking | None = kwargs.get("tracking")
+        if tracking is not None:
+            self._assert_tracking_uniqueness(tracking)
+
+    def _update_table(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int]:
+        notification_ids = super()._update_table(stored_events, **kwargs)
+        tracking: Tracking | None = kwargs.get("tracking")
+        if tracking is not None:
+            self._insert_tracking(tracking)
+        return notification_ids
+
+
+class POPOFactory(InfrastructureFactory[POPOTrackingRecorder]):
+    """Every recorder it makes is a separate in-memory database."""
+
+    def construct_aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:
+        return POPOAggregateRecorder()
+
+    def construct_application_recorder(self) -> ApplicationRecorder:
+        cls = self._resolve_recorder_class(
+            self.APPLICATION_RECORDER_TOPIC, POPOApplicationRecorder
+        )
+        recorder: ApplicationRecorder = cls()
+        return recorder
+
+    def construct_tracking_recorder(
+        self, tracking_recorder_class: type[POPOTrackingRecorder] | None = None
+    ) -> POPOTrackingRecorder:
+        cls = self._resolve_recorder_class(
+            self.TRACKING_RECORDER_TOPIC, POPOTrackingRecorder, tracking_recorder_class
+        )
+        recorder: POPOTrackingRecorder = cls()
+        return recorder
+
+    def construct_process_recorder(self) -> ProcessRecorder:
+        cls = self._resolve_recorder_class(
+            self.PROCESS_RECORDER_TOPIC, POPOProcessRecorder
+        )
+        recorder: ProcessRecorder = cls()
+        return recorder
