@@ -213,7 +213,8 @@ class Application(Generic[TAggregateID]):
                     msg = (
                         f"Cannot take snapshot of {type(aggregate)}: its events do "
                         "not implement the 'can mutate' protocol. Add its projector "
-                        f"function to {type(self).__qualname__}.snapshotting_projectors."
+                        f"function to {type(self).__qualname__}"
+                        ".snapshotting_projectors."
                     )
                     raise TypeError(msg)
                 projector_func = project_aggregate

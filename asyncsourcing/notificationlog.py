@@ -65,7 +65,9 @@ class NotificationLog:
     ) -> Sequence[Notification]:
         """At most ``limit`` notifications (no more than a section) from ``start``."""
         if limit > self.section_size:
-            msg = f"Requested limit {limit} greater than section size {self.section_size}"
+            msg = (
+                f"Requested limit {limit} greater than section size {self.section_size}"
+            )
             raise ValueError(msg)
         return await self.recorder.select_notifications(
             start=start,

@@ -383,15 +383,16 @@ class InfrastructureFactory(ABC, Generic[TTrackingRecorder]):
         mapper_class: type[Mapper[TAggregateID]] | None = None,
     ) -> Mapper[TAggregateID]:
         """A mapper with the configured transcoder, cipher and compressor."""
-        if mapper_class is None:
+        cls: Any = mapper_class
+        if cls is None:
             mapper_topic = self.env.get(self.MAPPER_TOPIC)
-            mapper_class = resolve_topic(mapper_topic) if mapper_topic else Mapper
-        assert mapper_class is not None
-        return mapper_class(
+            cls = resolve_topic(mapper_topic) if mapper_topic else Mapper
+        mapper: Mapper[TAggregateID] = cls(
             transcoder=transcoder or self.transcoder(),
             cipher=self.cipher(),
             compressor=self.compressor(),
         )
+        return mapper
 
     def is_snapshotting_enabled(self) -> bool:
         return strtobool(self.env.get(self.IS_SNAPSHOTTING_ENABLED, "no"))
@@ -403,7 +404,9 @@ class InfrastructureFactory(ABC, Generic[TTrackingRecorder]):
     # Recorders, constructed without IO.
 
     @abstractmethod
-    def construct_aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:
+    def construct_aggregate_recorder(
+        self, purpose: str = "events"
+    ) -> AggregateRecorder:
         """An aggregate recorder (``purpose`` is "events" or "snapshots")."""
 
     @abstractmethod
@@ -485,10 +488,8 @@ def _find_factory_class(base: type[_F], topic: str) -> type[_F]:
     setting = InfrastructureFactory.PERSISTENCE_MODULE
     obj: object
     try:
-        if ":" in topic:
-            obj = resolve_topic(topic)
-        else:
-            obj = importlib.import_module(topic)
+        is_class = ":" in topic
+        obj = resolve_topic(topic) if is_class else importlib.import_module(topic)
     except Exception as error:
         msg = (
             f"Cannot import persistence module {topic!r} "

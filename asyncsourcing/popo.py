@@ -225,7 +225,9 @@ class POPOProcessRecorder(
 class POPOFactory(InfrastructureFactory[POPOTrackingRecorder]):
     """Every recorder it makes is a separate in-memory database."""
 
-    def construct_aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:
+    def construct_aggregate_recorder(
+        self, purpose: str = "events"
+    ) -> AggregateRecorder:
         return POPOAggregateRecorder()
 
     def construct_application_recorder(self) -> ApplicationRecorder:

@@ -10,7 +10,8 @@ each event, in a task of its own. Usage::
         view_class=POPOCounters,
     ) as runner:
         recordings = await runner.app.save(dog)
-        await runner.projection.view.wait(runner.app.name, recordings[-1].notification.id)
+        view = runner.projection.view
+        await view.wait(runner.app.name, recordings[-1].notification.id)
 
 or, in a script, ``asyncio.run(runner.run_forever())``.
 """
@@ -244,7 +245,9 @@ class BaseProjectionRunner(Generic[TApplication]):
         self._is_started = True
         await self._prepare()
         position = await self._tracking_recorder.max_tracking_id(self.app_name)
-        subscription = ApplicationSubscription(self.app, gt=position, topics=self._topics)
+        subscription = ApplicationSubscription(
+            self.app, gt=position, topics=self._topics
+        )
         await subscription.__aenter__()
         self._subscription = subscription
         self._task = asyncio.create_task(
@@ -354,7 +357,9 @@ class BaseProjectionRunner(Generic[TApplication]):
             self._raise_error()
 
 
-class ProjectionRunner(BaseProjectionRunner[TApplication], Generic[TApplication, TView]):
+class ProjectionRunner(
+    BaseProjectionRunner[TApplication], Generic[TApplication, TView]
+):
     """Runs a :class:`Projection` into a view of class ``view_class``.
 
     The view is constructed by the infrastructure factory of the projection's
@@ -414,7 +419,7 @@ class EventSourcedProjectionRunner(
         super().__init__(
             projection=self.projection,
             application_class=application_class,
-            tracking_recorder=cast(TrackingRecorder, self.projection.recorder),
+            tracking_recorder=cast("TrackingRecorder", self.projection.recorder),
             topics=self.projection.topics,
             env=env,
         )

@@ -41,7 +41,9 @@ class Repository(Generic[TAggregateID]):
     ) -> None:
         self.event_store = event_store
         self.snapshot_store = snapshot_store
-        self.cache: Cache[TAggregateID, MutableOrImmutableAggregate[TAggregateID]] | None
+        self.cache: (
+            Cache[TAggregateID, MutableOrImmutableAggregate[TAggregateID]] | None
+        )
         if cache_maxsize is None:
             self.cache = None
         elif cache_maxsize <= 0:
@@ -76,9 +78,7 @@ class Repository(Generic[TAggregateID]):
             self.cache.put(aggregate_id, aggregate)
         else:
             if self.fastforward:
-                aggregate = await self._fastforward(
-                    aggregate_id, aggregate, projector_func
-                )
+                aggregate = await self._fastforward(aggregate_id, projector_func)
         return deepcopy(aggregate) if self.deepcopy_from_cache else aggregate
 
     async def contains(self, aggregate_id: TAggregateID) -> bool:
@@ -92,7 +92,6 @@ class Repository(Generic[TAggregateID]):
     async def _fastforward(
         self,
         aggregate_id: TAggregateID,
-        aggregate: MutableOrImmutableAggregate[TAggregateID],
         projector_func: ProjectorFunction[Any, Any],
     ) -> Any:
         lock = self._fastforward_locks.get(aggregate_id)
@@ -100,13 +99,14 @@ class Repository(Generic[TAggregateID]):
             lock = self._fastforward_locks[aggregate_id] = asyncio.Lock()
         async with lock:
             assert self.cache is not None
-            aggregate = self.cache.get(aggregate_id)
-            new_events = await self.event_store.get(aggregate_id, gt=aggregate.version)
-            if new_events:
-                aggregate = projector_func(aggregate, new_events)
-                if aggregate is None:
-                    raise AggregateNotFoundError(aggregate_id)
-                self.cache.put(aggregate_id, aggregate)
+            cached = self.cache.get(aggregate_id)
+            new_events = await self.event_store.get(aggregate_id, gt=cached.version)
+            if not new_events:
+                return cached
+            aggregate = projector_func(cached, new_events)
+            if aggregate is None:
+                raise AggregateNotFoundError(aggregate_id)
+            self.cache.put(aggregate_id, aggregate)
             return aggregate
 
     async def _reconstruct(
@@ -130,4 +130,4 @@ class Repository(Generic[TAggregateID]):
         if aggregate is None:
             msg = f"Aggregate {aggregate_id!r} version {version!r} not found."
             raise AggregateNotFoundError(msg)
-        return cast(Any, aggregate)
+        return cast("Any", aggregate)

@@ -66,7 +66,9 @@ class AggregateRecorderSuite:
         assert await recorder.select_events(originator_id) == []
 
         await recorder.insert_events([stored(originator_id, 1)])
-        await recorder.insert_events([stored(originator_id, 2), stored(originator_id, 3)])
+        await recorder.insert_events(
+            [stored(originator_id, 2), stored(originator_id, 3)]
+        )
 
         events = await recorder.select_events(originator_id)
         assert [e.originator_version for e in events] == [1, 2, 3]
@@ -98,7 +100,9 @@ class AggregateRecorderSuite:
         await recorder.insert_events([stored(originator_id, 1)])
 
         with pytest.raises(IntegrityError):
-            await recorder.insert_events([stored(originator_id, 2), stored(originator_id, 1)])
+            await recorder.insert_events(
+                [stored(originator_id, 2), stored(originator_id, 1)]
+            )
 
         events = await recorder.select_events(originator_id)
         assert [e.originator_version for e in events] == [1]
@@ -108,7 +112,9 @@ class AggregateRecorderSuite:
     ) -> None:
         originator_id = uuid4()
         with pytest.raises(IntegrityError):
-            await recorder.insert_events([stored(originator_id, 1), stored(originator_id, 1)])
+            await recorder.insert_events(
+                [stored(originator_id, 1), stored(originator_id, 1)]
+            )
         assert await recorder.select_events(originator_id) == []
 
 
@@ -116,7 +122,9 @@ class ApplicationRecorderSuite(AggregateRecorderSuite):
     """What every application recorder does, on top of an aggregate recorder."""
 
     @pytest.fixture
-    async def recorder(self, factory: InfrastructureFactory[Any]) -> ApplicationRecorder:
+    async def recorder(
+        self, factory: InfrastructureFactory[Any]
+    ) -> ApplicationRecorder:
         return await factory.application_recorder()
 
     async def test_notification_ids_follow_insertion_order(
@@ -170,7 +178,9 @@ class ApplicationRecorderSuite(AggregateRecorderSuite):
         assert len(await recorder.select_notifications(None, 10)) == 1
         ids = await recorder.insert_events([stored(a, 2)])
         assert ids is not None
-        assert [n.originator_version for n in await recorder.select_notifications(None, 10)] == [1, 2]
+        assert [
+            n.originator_version for n in await recorder.select_notifications(None, 10)
+        ] == [1, 2]
 
     async def test_subscription_catches_up_then_follows(
         self, recorder: ApplicationRecorder
@@ -249,7 +259,9 @@ class TrackingRecorderSuite:
     async def recorder(self, factory: InfrastructureFactory[Any]) -> TrackingRecorder:
         return await factory.tracking_recorder()
 
-    async def test_positions_only_move_forward(self, recorder: TrackingRecorder) -> None:
+    async def test_positions_only_move_forward(
+        self, recorder: TrackingRecorder
+    ) -> None:
         assert await recorder.max_tracking_id("upstream") is None
         assert await recorder.has_tracking_id("upstream", None)
         assert not await recorder.has_tracking_id("upstream", 1)
@@ -284,7 +296,9 @@ class TrackingRecorderSuite:
             await recorder.wait("upstream", 4, timeout=0.2)
         assert time.monotonic() - started >= 0.19
 
-    async def test_wait_is_woken_by_the_insert(self, recorder: TrackingRecorder) -> None:
+    async def test_wait_is_woken_by_the_insert(
+        self, recorder: TrackingRecorder
+    ) -> None:
         await recorder.insert_tracking(Tracking("upstream", 1))
         woken_at: list[float] = []
 
@@ -356,12 +370,16 @@ class ProcessRecorderSuite(ApplicationRecorderSuite, TrackingRecorderSuite):
 
         # A tracking conflict records no events.
         with pytest.raises(IntegrityError):
-            await recorder.insert_events([stored(a, 2)], tracking=Tracking("upstream", 1))
+            await recorder.insert_events(
+                [stored(a, 2)], tracking=Tracking("upstream", 1)
+            )
         assert len(await recorder.select_events(a)) == 1
 
         # An event conflict records no tracking.
         with pytest.raises(IntegrityError):
-            await recorder.insert_events([stored(a, 1)], tracking=Tracking("upstream", 2))
+            await recorder.insert_events(
+                [stored(a, 1)], tracking=Tracking("upstream", 2)
+            )
         assert await recorder.max_tracking_id("upstream") == 1
 
         # Tracking without new events is recorded too.
@@ -373,5 +391,7 @@ class ProcessRecorderSuite(ApplicationRecorderSuite, TrackingRecorderSuite):
     ) -> None:
         task = asyncio.create_task(recorder.wait("upstream", 1, timeout=5))
         await asyncio.sleep(0.05)
-        await recorder.insert_events([stored(uuid4(), 1)], tracking=Tracking("upstream", 1))
+        await recorder.insert_events(
+            [stored(uuid4(), 1)], tracking=Tracking("upstream", 1)
+        )
         await asyncio.wait_for(task, 1)

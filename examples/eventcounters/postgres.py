@@ -1,0 +1,60 @@
+"""The event counters view in PostgreSQL: a counters table beside the tracking table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asyncsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+
+from asyncsourcing.persistence import Tracking
+from examples.eventcounters.views import EventCountersView
+
+
+def quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+class PostgresEventCounters(PostgresTrackingRecorder, EventCountersView):
+    _created_event_counter_name = "CREATED_EVENTS"
+    _subsequent_event_counter_name = "SUBSEQUENT_EVENTS"
+
+    def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        self.counters_table_name = self.tracking_table_name.replace("_tracking", "")
+        self.check_identifier_length(self.counters_table_name)
+        table = f"{quote(self.datastore.schema)}.{quote(self.counters_table_name)}"
+        self.sql_create_statements.append(
+            f"CREATE TABLE IF NOT EXISTS {table} "
+            "(counter_name text PRIMARY KEY, counter bigint)"
+        )
+        self.select_counter_statement = (
+            f"SELECT counter FROM {table} WHERE counter_name=$1"
+        )
+        self.incr_counter_statement = (
+            f"INSERT INTO {table} VALUES ($1, 1) ON CONFLICT (counter_name) "
+            f"DO UPDATE SET counter = {table}.counter + 1"
+        )
+
+    async def get_created_event_counter(self) -> int:
+        return await self._select_counter(self._created_event_counter_name)
+
+    async def get_subsequent_event_counter(self) -> int:
+        return await self._select_counter(self._subsequent_event_counter_name)
+
+    async def incr_created_event_counter(self, tracking: Tracking) -> None:
+        await self._incr_counter(self._created_event_counter_name, tracking)
+
+    async def incr_subsequent_event_counter(self, tracking: Tracking) -> None:
+        await self._incr_counter(self._subsequent_event_counter_name, tracking)
+
+    async def _select_counter(self, name: str) -> int:
+        async with self.datastore.transaction(commit=False) as conn:
+            counter: int | None = await conn.fetchval(
+                self.select_counter_statement, name
+            )
+        return counter or 0
+
+    async def _incr_counter(self, name: str, tracking: Tracking) -> None:
+        async with self.datastore.transaction(commit=True) as conn:
+            await self._insert_tracking(conn, tracking)
+            await conn.execute(self.incr_counter_statement, name)

@@ -1,0 +1,49 @@
+"""The event counters view: its interface, and the in-memory implementation."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+from asyncsourcing.persistence import Tracking, TrackingRecorder
+from asyncsourcing.popo import POPOTrackingRecorder
+
+
+class EventCountersView(TrackingRecorder):
+    """Counts "created" events and subsequent events of an application."""
+
+    @abstractmethod
+    async def get_created_event_counter(self) -> int: ...
+
+    @abstractmethod
+    async def get_subsequent_event_counter(self) -> int: ...
+
+    @abstractmethod
+    async def incr_created_event_counter(self, tracking: Tracking) -> None: ...
+
+    @abstractmethod
+    async def incr_subsequent_event_counter(self, tracking: Tracking) -> None: ...
+
+
+class POPOEventCounters(POPOTrackingRecorder, EventCountersView):
+    def __init__(self) -> None:
+        super().__init__()
+        self._created_event_counter = 0
+        self._subsequent_event_counter = 0
+
+    async def get_created_event_counter(self) -> int:
+        return self._created_event_counter
+
+    async def get_subsequent_event_counter(self) -> int:
+        return self._subsequent_event_counter
+
+    async def incr_created_event_counter(self, tracking: Tracking) -> None:
+        async with self._database_lock:
+            self._assert_tracking_uniqueness(tracking)
+            self._insert_tracking(tracking)
+            self._created_event_counter += 1
+
+    async def incr_subsequent_event_counter(self, tracking: Tracking) -> None:
+        async with self._database_lock:
+            self._assert_tracking_uniqueness(tracking)
+            self._insert_tracking(tracking)
+            self._subsequent_event_counter += 1
