@@ -63,6 +63,7 @@ class PositionBoard:
         self._fetches: dict[str, asyncio.Task[None]] = {}
         self._poller: asyncio.Task[None] | None = None
         self._seq = itertools.count()
+        self._dead = 0
         self._closed = False
 
     def known(self, application_name: str) -> int | None:
@@ -78,7 +79,9 @@ class PositionBoard:
         heap = self._waiters.get(application_name)
         while heap and heap[0].position <= position:
             waiter = heapq.heappop(heap)
-            if not waiter.future.done():
+            if waiter.future.done():
+                self._dead = max(0, self._dead - 1)
+            else:
                 waiter.future.set_result(None)
 
     def refresh(self) -> None:
@@ -88,7 +91,7 @@ class PositionBoard:
         example after a listening connection was re-established.
         """
         for application_name, heap in self._waiters.items():
-            if heap:
+            if any(not w.future.done() for w in heap):
                 self._start_fetch(application_name)
 
     def forget(self) -> None:
@@ -143,7 +146,7 @@ class PositionBoard:
                 interrupted.cancel()
             if not waiter.future.done():
                 waiter.future.cancel()
-                self._discard(application_name, waiter)
+                self._discard()
 
     async def aclose(self) -> None:
         """Cancel the board's reads and fail its waiters; idempotent."""
@@ -164,11 +167,23 @@ class PositionBoard:
                     )
         self._waiters.clear()
 
-    def _discard(self, application_name: str, waiter: _Waiter) -> None:
-        heap = self._waiters.get(application_name)
-        if heap and waiter in heap:
-            heap.remove(waiter)
-            heapq.heapify(heap)
+    def _discard(self) -> None:
+        # Removing from the middle of a heap costs O(n); a timed-out or
+        # cancelled waiter stays until it surfaces or dead ones are the majority.
+        self._dead += 1
+        if self._dead > 64 and self._dead * 2 > self._count_waiters():
+            for application_name, heap in self._waiters.items():
+                self._waiters[application_name] = [
+                    w for w in heap if not w.future.done()
+                ]
+                heapq.heapify(self._waiters[application_name])
+            self._dead = 0
+
+    def _has_live_waiters(self) -> bool:
+        return any(not w.future.done() for heap in self._waiters.values() for w in heap)
+
+    def _count_waiters(self) -> int:
+        return sum(len(heap) for heap in self._waiters.values())
 
     def _start_fetch(self, application_name: str) -> None:
         if self._closed or application_name in self._fetches:
@@ -187,7 +202,9 @@ class PositionBoard:
         except Exception as error:
             # Waiters re-raise what they were waiting on; a later waiter reads again.
             for waiter in self._waiters.pop(application_name, []):
-                if not waiter.future.done():
+                if waiter.future.done():
+                    self._dead = max(0, self._dead - 1)
+                else:
                     waiter.future.set_exception(error)
             return
         self._fetched.add(application_name)
@@ -200,6 +217,6 @@ class PositionBoard:
             self._poller = asyncio.create_task(self._poll(self._poll_interval))
 
     async def _poll(self, interval: float) -> None:
-        while any(self._waiters.values()):
+        while self._has_live_waiters():
             await asyncio.sleep(interval)
             self.refresh()

@@ -106,3 +106,16 @@ async def test_close_interrupts_waiters_and_cancels_reads() -> None:
     await board.aclose()
     with pytest.raises(Exception, match="closed"):
         await task
+
+
+async def test_timed_out_waiters_do_not_accumulate() -> None:
+    recorder = POPOTrackingRecorder()
+    for _ in range(3):
+        waiters = [recorder.wait("upstream", 1, timeout=0.01) for _ in range(500)]
+        results = await asyncio.gather(*waiters, return_exceptions=True)
+        assert all(isinstance(r, TimeoutError) for r in results)
+    board = recorder.position_board
+    assert board._count_waiters() < 500  # Compacted, not 1,500 dead entries.
+    task = asyncio.create_task(recorder.wait("upstream", 1, timeout=1))
+    await recorder.insert_tracking(Tracking("upstream", 1))
+    await task
