@@ -1,0 +1,39 @@
+"""The SQLite backend, on aiosqlite: ``PERSISTENCE_MODULE=asyncsourcing.sqlite``.
+
+Its tables are eventsourcing 9.5's, so a database file written by either
+library is read, subscribed to and projected by the other. Modules:
+
+- :mod:`~asyncsourcing.sqlite.datastore`: :class:`SQLiteDatastore`,
+  connections and transactions;
+- :mod:`~asyncsourcing.sqlite.notifier`: the process-wide wake-ups of
+  subscriptions and waiters;
+- :mod:`~asyncsourcing.sqlite.recorders`: the recorders;
+- :mod:`~asyncsourcing.sqlite.subscription`: :class:`SQLiteSubscription`;
+- :mod:`~asyncsourcing.sqlite.factory`: :class:`SQLiteFactory`, the one
+  infrastructure factory of this module.
+"""
+
+from asyncsourcing.sqlite.datastore import SQLiteDatastore
+from asyncsourcing.sqlite.factory import SQLiteFactory, SQLiteSettingsError
+from asyncsourcing.sqlite.notifier import SQLiteNotifier
+from asyncsourcing.sqlite.recorders import (
+    SQLiteAggregateRecorder,
+    SQLiteApplicationRecorder,
+    SQLiteProcessRecorder,
+    SQLiteRecorder,
+    SQLiteTrackingRecorder,
+)
+from asyncsourcing.sqlite.subscription import SQLiteSubscription
+
+__all__ = [
+    "SQLiteAggregateRecorder",
+    "SQLiteApplicationRecorder",
+    "SQLiteDatastore",
+    "SQLiteFactory",
+    "SQLiteNotifier",
+    "SQLiteProcessRecorder",
+    "SQLiteRecorder",
+    "SQLiteSettingsError",
+    "SQLiteSubscription",
+    "SQLiteTrackingRecorder",
+]

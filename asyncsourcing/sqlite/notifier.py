@@ -1,0 +1,167 @@
+"""In-process wake-ups for SQLite databases.
+
+SQLite has nothing like Postgres's LISTEN/NOTIFY. Within one process,
+though, every commit goes through a datastore of this package, which tells
+the database's :class:`SQLiteNotifier` once it has committed: the notifier
+then wakes the subscriptions following that events table, and advances the
+:class:`~asyncsourcing.waiting.PositionBoard` of that tracking table, with
+no query and no polling. Datastores on the same database file (found by its
+real path) or on the same shared-cache memory database share one notifier,
+so a commit by any recorder instance, from any factory, wakes them all.
+
+Notifiers are kept per event loop, because the futures and events they
+resolve belong to one loop: datastores on the same file in two event loops
+(two threads) see each other's commits as they see other processes', by
+polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Callable, Hashable
+from typing import Protocol
+
+from asyncsourcing.persistence import InterfaceError
+from asyncsourcing.waiting import FetchMax, PositionBoard
+
+__all__ = ["Listener", "SQLiteNotifier", "shared_notifier"]
+
+
+class Listener(Protocol):
+    """What a notifier wakes: a subscription."""
+
+    def notify(self) -> None:
+        """New events may have been committed."""
+
+    def stop(self) -> None:
+        """The datastore the listener reads through has been closed."""
+
+
+class _TrackingChannel:
+    """The shared position board of one tracking table.
+
+    The board reads recorded positions with the ``max_tracking_id`` of a
+    recorder of any datastore still attached, so that closing one datastore
+    does not stop the others' waiters from being served.
+    """
+
+    def __init__(self, name: str, poll_interval: float | None) -> None:
+        self.name = name
+        self.fetchers: dict[object, FetchMax] = {}
+        self.board = PositionBoard(self._fetch_max, poll_interval=poll_interval)
+
+    async def _fetch_max(self, application_name: str) -> int | None:
+        for fetch_max in list(self.fetchers.values()):
+            return await fetch_max(application_name)
+        msg = f"No open datastore reads tracking table {self.name!r}"
+        raise InterfaceError(msg)
+
+
+class SQLiteNotifier:
+    """Wakes the subscriptions and waiters of one database, in one event loop.
+
+    Datastores :meth:`attach` to it when they first need it and
+    :meth:`detach` when they close; ``on_empty`` is called when the last one
+    has detached.
+    """
+
+    def __init__(self, name: str, on_empty: Callable[[], None] | None = None) -> None:
+        self.name = name
+        self._on_empty = on_empty
+        self._owners: set[object] = set()
+        self._listeners: dict[str, dict[Listener, object]] = {}
+        self._channels: dict[str, _TrackingChannel] = {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    def attach(self, owner: object) -> None:
+        """Count ``owner`` (a datastore) among the notifier's users."""
+        self._owners.add(owner)
+
+    def detach(self, owner: object) -> list[PositionBoard]:
+        """Forget ``owner``: stop its listeners, drop its board readers.
+
+        Returns the boards no attached datastore reads any more; the caller
+        closes them (:meth:`PositionBoard.aclose`), which fails their
+        waiters with :class:`WaitInterruptedError`.
+        """
+        self._owners.discard(owner)
+        for listeners in self._listeners.values():
+            for listener in [li for li, o in listeners.items() if o is owner]:
+                del listeners[listener]
+                listener.stop()
+        unused = []
+        for table, channel in list(self._channels.items()):
+            channel.fetchers.pop(owner, None)
+            if not channel.fetchers:
+                del self._channels[table]
+                unused.append(channel.board)
+        if not self._owners and self._on_empty is not None:
+            self._on_empty()
+        return unused
+
+    # Events.
+
+    def add_listener(
+        self, owner: object, events_table: str, listener: Listener
+    ) -> None:
+        """Wake ``listener`` when events are committed to ``events_table``."""
+        self._listeners.setdefault(events_table, {})[listener] = owner
+
+    def discard_listener(self, events_table: str, listener: Listener) -> None:
+        self._listeners.get(events_table, {}).pop(listener, None)
+
+    def events_committed(self, events_table: str) -> None:
+        """Events have been committed to ``events_table``: wake its listeners."""
+        for listener in list(self._listeners.get(events_table, ())):
+            listener.notify()
+
+    # Tracking.
+
+    def position_board(
+        self,
+        owner: object,
+        tracking_table: str,
+        fetch_max: FetchMax,
+        *,
+        poll_interval: float | None,
+    ) -> PositionBoard:
+        """The board of ``tracking_table``, shared by every attached datastore.
+
+        Whoever commits tracking advances it. ``fetch_max`` reads recorded
+        positions for ``owner``'s recorders; ``poll_interval``, when the
+        board is made, is how often it re-reads positions that tasks wait
+        for, to notice other processes' commits.
+        """
+        channel = self._channels.get(tracking_table)
+        if channel is None:
+            channel = _TrackingChannel(tracking_table, poll_interval)
+            self._channels[tracking_table] = channel
+        channel.fetchers.setdefault(owner, fetch_max)
+        return channel.board
+
+
+_notifiers: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[Hashable, SQLiteNotifier]
+] = weakref.WeakKeyDictionary()
+
+
+def shared_notifier(key: Hashable, loop: asyncio.AbstractEventLoop) -> SQLiteNotifier:
+    """The process's notifier of the database ``key`` in ``loop``.
+
+    It is dropped when its last datastore detaches, so a later datastore on
+    the same database starts with a fresh one.
+    """
+    notifiers = _notifiers.setdefault(loop, {})
+    notifier = notifiers.get(key)
+    if notifier is None:
+
+        def drop() -> None:
+            if notifiers.get(key) is notifier:
+                del notifiers[key]
+
+        notifier = SQLiteNotifier(repr(key), on_empty=drop)
+        notifiers[key] = notifier
+    return notifier

@@ -1,0 +1,497 @@
+"""Recorders on SQLite, with eventsourcing 9.5's table layouts.
+
+The tables are those of :mod:`eventsourcing.sqlite`, column for column, so
+that the two libraries can share a database file: aggregate sequences in
+``stored_events`` (``stored_snapshots`` for snapshots), whose ``rowid`` is
+the notification id; processed positions in ``tracking``, one row per
+application name, beside a ``__migration__`` row that tells eventsourcing
+the table is already single-row.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+from uuid import UUID
+
+import aiosqlite
+
+from asyncsourcing.persistence import (
+    AggregateRecorder,
+    ApplicationRecorder,
+    IntegrityError,
+    Notification,
+    ProcessRecorder,
+    ProgrammingError,
+    Recorder,
+    StoredEvent,
+    Subscription,
+    Tracking,
+    TrackingRecorder,
+)
+from asyncsourcing.sqlite.datastore import SQLiteDatastore
+from asyncsourcing.sqlite.subscription import SQLiteSubscription
+from asyncsourcing.waiting import PositionBoard
+
+__all__ = [
+    "SQLiteAggregateRecorder",
+    "SQLiteApplicationRecorder",
+    "SQLiteProcessRecorder",
+    "SQLiteRecorder",
+    "SQLiteTrackingRecorder",
+]
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def quote(identifier: str) -> str:
+    """``identifier`` as a quoted SQL identifier."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _originator_id_param(originator_id: UUID | str) -> str:
+    # eventsourcing stores UUIDs as 32 hex digits, without dashes.
+    return originator_id.hex if isinstance(originator_id, UUID) else originator_id
+
+
+class SQLiteRecorder(Recorder):
+    """A recorder whose tables live in the database of ``datastore``.
+
+    Its tables are made by the statements in :attr:`sql_create_statements`
+    (subclasses append theirs in ``__init__``): by :meth:`create_table`, and
+    also, when the datastore creates tables on first use, before the
+    datastore's next transaction, so a recorder constructed without IO is
+    ready when first used.
+    """
+
+    def __init__(self, datastore: SQLiteDatastore) -> None:
+        if not isinstance(datastore, SQLiteDatastore):
+            msg = f"Expected an SQLiteDatastore, got {datastore!r}"
+            raise TypeError(msg)
+        self.datastore = datastore
+        self.sql_create_statements: list[str] = (
+            self._construct_create_table_statements()
+        )
+        if datastore.create_tables_on_first_use:
+            datastore.add_table_creator(self._create_tables)
+
+    def _construct_create_table_statements(self) -> list[str]:
+        return []
+
+    async def create_table(self) -> None:
+        """Create the recorder's tables if they do not exist."""
+        self.datastore.add_table_creator(self._create_tables)
+        await self.datastore.create_tables()
+
+    async def _create_tables(self, connection: aiosqlite.Connection) -> None:
+        for statement in self.sql_create_statements:
+            await connection.execute(statement)
+
+    @staticmethod
+    def check_identifier_length(name: str) -> None:
+        """Raise :class:`ProgrammingError` unless ``name`` can name a table.
+
+        SQLite sets no length limit on names: this checks what can go wrong
+        instead. Names are plain identifiers (letters, digits and
+        underscores, not starting with a digit), as eventsourcing writes
+        them unquoted, and do not start with ``sqlite_``, which SQLite
+        reserves.
+        """
+        if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
+            msg = (
+                f"Invalid SQLite table name {name!r}: use letters, digits and "
+                "underscores, not starting with a digit"
+            )
+            raise ProgrammingError(msg)
+        if name.lower().startswith("sqlite_"):
+            msg = f"Invalid SQLite table name {name!r}: 'sqlite_' names are reserved"
+            raise ProgrammingError(msg)
+
+    def _originator_id(self, stored: str) -> UUID | str:
+        return UUID(stored) if self.datastore.originator_id_type == "uuid" else stored
+
+
+class SQLiteAggregateRecorder(SQLiteRecorder, AggregateRecorder):
+    """Stored events in aggregate sequences, in table ``events_table_name``."""
+
+    def __init__(
+        self, datastore: SQLiteDatastore, events_table_name: str = "stored_events"
+    ) -> None:
+        self.check_identifier_length(events_table_name)
+        self.events_table_name = events_table_name
+        super().__init__(datastore)
+        table = quote(events_table_name)
+        self.insert_events_statement = f"INSERT INTO {table} VALUES (?, ?, ?, ?)"
+        self.select_events_statement = (
+            f"SELECT originator_id, originator_version, topic, state FROM {table} "
+            "WHERE originator_id = ?"
+        )
+
+    def _construct_create_table_statements(self) -> list[str]:
+        return [
+            *super()._construct_create_table_statements(),
+            f"CREATE TABLE IF NOT EXISTS {quote(self.events_table_name)} ("
+            "originator_id TEXT, "
+            "originator_version INTEGER, "
+            "topic TEXT, "
+            "state BLOB, "
+            "PRIMARY KEY "
+            "(originator_id, originator_version)) "
+            "WITHOUT ROWID",
+        ]
+
+    async def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        async with self.datastore.transaction(commit=True) as connection:
+            return await self._insert_events(connection, stored_events, **kwargs)
+
+    async def _insert_events(
+        self,
+        connection: aiosqlite.Connection,
+        stored_events: Sequence[StoredEvent],
+        **_: Any,
+    ) -> Sequence[int] | None:
+        if stored_events:
+            await connection.executemany(
+                self.insert_events_statement,
+                [
+                    (
+                        _originator_id_param(s.originator_id),
+                        s.originator_version,
+                        s.topic,
+                        s.state,
+                    )
+                    for s in stored_events
+                ],
+            )
+        return None
+
+    async def select_events(
+        self,
+        originator_id: UUID | str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Sequence[StoredEvent]:
+        statement = self.select_events_statement
+        params: list[Any] = [_originator_id_param(originator_id)]
+        if gt is not None:
+            statement += " AND originator_version > ?"
+            params.append(gt)
+        if lte is not None:
+            statement += " AND originator_version <= ?"
+            params.append(lte)
+        statement += " ORDER BY originator_version " + ("DESC" if desc else "ASC")
+        if limit is not None:
+            statement += " LIMIT ?"
+            params.append(limit)
+        async with self.datastore.transaction(commit=False) as connection:
+            rows = await connection.execute_fetchall(statement, params)
+        return [
+            StoredEvent(
+                originator_id=self._originator_id(row[0]),
+                originator_version=row[1],
+                topic=row[2],
+                state=row[3],
+            )
+            for row in rows
+        ]
+
+
+class SQLiteApplicationRecorder(SQLiteAggregateRecorder, ApplicationRecorder):
+    """Stored events in aggregate sequences and in the application sequence.
+
+    A notification id is the event's ``rowid``. Writers hold the database's
+    write lock from the start of their transactions, so ids are given, and
+    committed, in order: a subscriber never passes over an event that
+    commits later with a lower id.
+    """
+
+    def __init__(
+        self, datastore: SQLiteDatastore, events_table_name: str = "stored_events"
+    ) -> None:
+        super().__init__(datastore, events_table_name)
+        table = quote(self.events_table_name)
+        self.select_notifications_statement = (
+            "SELECT rowid, originator_id, originator_version, topic, state "
+            f"FROM {table}"
+        )
+        self.select_max_notification_id_statement = f"SELECT MAX(rowid) FROM {table}"
+
+    def _construct_create_table_statements(self) -> list[str]:
+        # A rowid table, unlike the aggregate recorder's: the rowid is the
+        # notification id.
+        return [
+            f"CREATE TABLE IF NOT EXISTS {quote(self.events_table_name)} ("
+            "originator_id TEXT, "
+            "originator_version INTEGER, "
+            "topic TEXT, "
+            "state BLOB, "
+            "PRIMARY KEY "
+            "(originator_id, originator_version))"
+        ]
+
+    async def _insert_events(
+        self,
+        connection: aiosqlite.Connection,
+        stored_events: Sequence[StoredEvent],
+        **kwargs: Any,
+    ) -> Sequence[int]:
+        await super()._insert_events(connection, stored_events, **kwargs)
+        if not stored_events:
+            return []
+        rows = list(await connection.execute_fetchall("SELECT last_insert_rowid()"))
+        last: int = rows[0][0]
+        # The transaction holds the write lock, and each new rowid is one
+        # more than the largest: the batch's ids are consecutive.
+        first = last - len(stored_events) + 1
+        self.datastore.call_after_commit(connection, self._events_committed)
+        return list(range(first, last + 1))
+
+    def _events_committed(self) -> None:
+        self.datastore.notifier.events_committed(self.events_table_name)
+
+    async def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]:
+        conditions: list[str] = []
+        params: list[Any] = []
+        if start is not None:
+            conditions.append("rowid >= ?" if inclusive_of_start else "rowid > ?")
+            params.append(start)
+        if stop is not None:
+            conditions.append("rowid <= ?")
+            params.append(stop)
+        if topics:
+            conditions.append(f"topic IN ({', '.join('?' * len(topics))})")
+            params.extend(topics)
+        statement = self.select_notifications_statement
+        if conditions:
+            statement += " WHERE " + " AND ".join(conditions)
+        statement += " ORDER BY rowid LIMIT ?"
+        params.append(limit)
+        async with self.datastore.transaction(commit=False) as connection:
+            rows = await connection.execute_fetchall(statement, params)
+        return [
+            Notification(
+                id=row[0],
+                originator_id=self._originator_id(row[1]),
+                originator_version=row[2],
+                topic=row[3],
+                state=row[4],
+            )
+            for row in rows
+        ]
+
+    async def max_notification_id(self) -> int | None:
+        async with self.datastore.transaction(commit=False) as connection:
+            rows = list(
+                await connection.execute_fetchall(
+                    self.select_max_notification_id_statement
+                )
+            )
+        max_id: int | None = rows[0][0]
+        return max_id
+
+    def subscribe(
+        self, gt: int | None = None, topics: Sequence[str] = ()
+    ) -> Subscription[ApplicationRecorder]:
+        return SQLiteSubscription(self, gt=gt, topics=topics)
+
+
+MIGRATION_APPLICATION_NAME = "__migration__"
+"""The row by which eventsourcing knows a tracking table is single-row."""
+
+
+class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
+    """Positions of processed events, one row per application name.
+
+    A view subclasses it: in ``__init__`` it appends its tables to
+    :attr:`sql_create_statements` (checking derived names with
+    :meth:`check_identifier_length`), and in its command methods it records
+    tracking with its update in one transaction::
+
+        async with self.datastore.transaction(commit=True) as connection:
+            await self._insert_tracking(connection, tracking)
+            await connection.execute(self.update_statement, params)
+
+    :meth:`wait` is woken by the commit of the position, from any recorder
+    of the process on the same database and tracking table (they share a
+    :class:`~asyncsourcing.waiting.PositionBoard`); other processes' commits
+    are found by re-reading every ``SQLITE_POLL_INTERVAL`` seconds while
+    tasks wait.
+    """
+
+    def __init__(
+        self,
+        datastore: SQLiteDatastore,
+        *,
+        tracking_table_name: str = "tracking",
+        **kwargs: Any,
+    ) -> None:
+        self.check_identifier_length(tracking_table_name)
+        self.tracking_table_name = tracking_table_name
+        super().__init__(datastore, **kwargs)
+        table = quote(tracking_table_name)
+        # Inserts the first row of an application, or moves its row forward;
+        # returns no row, changing nothing, when the position is not ahead.
+        self.insert_tracking_statement = (
+            f"INSERT INTO {table} (application_name, notification_id) VALUES (?, ?) "
+            "ON CONFLICT (application_name) DO UPDATE "
+            "SET notification_id = excluded.notification_id "
+            f"WHERE {table}.notification_id < excluded.notification_id "
+            "RETURNING notification_id"
+        )
+        self.select_max_tracking_id_statement = (
+            f"SELECT MAX(notification_id) FROM {table} WHERE application_name = ?"
+        )
+
+    def _construct_create_table_statements(self) -> list[str]:
+        return [
+            *super()._construct_create_table_statements(),
+            f"CREATE TABLE IF NOT EXISTS {quote(self.tracking_table_name)} ("
+            "application_name TEXT, "
+            "notification_id INTEGER, "
+            "PRIMARY KEY "
+            "(application_name)) "
+            "WITHOUT ROWID",
+        ]
+
+    async def _create_tables(self, connection: aiosqlite.Connection) -> None:
+        table = self.tracking_table_name
+        existed = bool(
+            list(
+                await connection.execute_fetchall(
+                    "SELECT 1 FROM sqlite_master WHERE type = ? AND name = ?",
+                    ("table", table),
+                )
+            )
+        )
+        needs_migration_row = not existed
+        migrated: list[tuple[str, int]] = []
+        if existed and (
+            await self._max_tracking_id(connection, MIGRATION_APPLICATION_NAME) is None
+        ):
+            # A multi-row table, from before eventsourcing 9.5: kept aside
+            # under eventsourcing's name for it, and replaced, as
+            # eventsourcing does, by a single-row table of the maximums.
+            migrated = [
+                (str(row[0]), int(row[1]))
+                for row in await connection.execute_fetchall(
+                    "SELECT application_name, MAX(notification_id) "
+                    f"FROM {quote(table)} GROUP BY application_name"
+                )
+            ]
+            await connection.execute(
+                f"ALTER TABLE {quote(table)} RENAME TO {quote('old1_' + table)}"
+            )
+            needs_migration_row = True
+        await super()._create_tables(connection)
+        if needs_migration_row:
+            for name, position in [(MIGRATION_APPLICATION_NAME, 1), *migrated]:
+                await connection.execute_fetchall(
+                    self.insert_tracking_statement, (name, position)
+                )
+
+    async def insert_tracking(self, tracking: Tracking) -> None:
+        async with self.datastore.transaction(commit=True) as connection:
+            await self._insert_tracking(connection, tracking)
+
+    async def _insert_tracking(
+        self, connection: aiosqlite.Connection, tracking: Tracking
+    ) -> None:
+        """Record ``tracking`` in the transaction of ``connection``.
+
+        Raises :class:`IntegrityError` when the position is not ahead of the
+        recorded one: the enclosing transaction then rolls back, so the
+        view's update is not recorded either. Waiters are woken once the
+        transaction has committed, not before.
+        """
+        returned = await connection.execute_fetchall(
+            self.insert_tracking_statement,
+            (tracking.application_name, tracking.notification_id),
+        )
+        if not list(returned):
+            msg = (
+                f"Tracking notification ID {tracking.notification_id} not greater "
+                "than current max tracking ID for application "
+                f"'{tracking.application_name}'"
+            )
+            raise IntegrityError(msg)
+        self.datastore.call_after_commit(
+            connection,
+            partial(self._advance, tracking.application_name, tracking.notification_id),
+        )
+
+    def _advance(self, application_name: str, notification_id: int) -> None:
+        # In-process waiters learn the position from the commit itself.
+        self.position_board.advance(application_name, notification_id)
+
+    async def max_tracking_id(self, application_name: str) -> int | None:
+        async with self.datastore.transaction(commit=False) as connection:
+            return await self._max_tracking_id(connection, application_name)
+
+    async def _max_tracking_id(
+        self, connection: aiosqlite.Connection, application_name: str
+    ) -> int | None:
+        rows = list(
+            await connection.execute_fetchall(
+                self.select_max_tracking_id_statement, (application_name,)
+            )
+        )
+        position: int | None = rows[0][0]
+        return position
+
+    def _construct_position_board(self) -> PositionBoard:
+        # Shared by the recorders of every datastore of the process on this
+        # database and tracking table: any of them committing wakes them all.
+        return self.datastore.notifier.position_board(
+            self.datastore,
+            self.tracking_table_name,
+            self.max_tracking_id,
+            poll_interval=self.datastore.cross_process_poll_interval,
+        )
+
+
+class SQLiteProcessRecorder(
+    SQLiteTrackingRecorder, SQLiteApplicationRecorder, ProcessRecorder
+):
+    """New events and the tracking of the event that caused them, in one transaction."""
+
+    def __init__(
+        self,
+        datastore: SQLiteDatastore,
+        *,
+        events_table_name: str = "stored_events",
+        tracking_table_name: str = "tracking",
+    ) -> None:
+        super().__init__(
+            datastore,
+            tracking_table_name=tracking_table_name,
+            events_table_name=events_table_name,
+        )
+
+    async def _insert_events(
+        self,
+        connection: aiosqlite.Connection,
+        stored_events: Sequence[StoredEvent],
+        **kwargs: Any,
+    ) -> Sequence[int]:
+        notification_ids = await super()._insert_events(
+            connection, stored_events, **kwargs
+        )
+        tracking: Tracking | None = kwargs.get("tracking")
+        if tracking is not None:
+            await self._insert_tracking(connection, tracking)
+        return notification_ids
