@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from asyncsourcing.projection import EventSourcedProjectionRunner, ProjectionRunner
-from examples.dogschool.__main__ import main, parse_args
+from examples.dogschool.__main__ import configure, main, parse_args
 from examples.dogschool.application import DogSchool
 from examples.dogschool.projections import (
     DOGS,
@@ -19,6 +22,7 @@ from examples.dogschool.projections import (
 from examples.dogschool.views import POPOCounters
 
 POPO = {"PERSISTENCE_MODULE": "asyncsourcing.popo"}
+ROOT = Path(__file__).parent.parent
 
 
 async def test_school_registers_dogs_and_teaches_tricks() -> None:
@@ -95,3 +99,55 @@ def test_main_job_arguments() -> None:
     assert (args.dogs, args.tricks) == (3, 1)
     with pytest.raises(SystemExit):
         parse_args(["--tricks", "9"])
+
+
+async def test_main_job_on_sqlite_resumes_where_the_view_left_off(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = configure({"SQLITE_DBNAME": str(tmp_path / "dogschool.sqlite")})
+    assert env["PERSISTENCE_MODULE"] == "asyncsourcing.sqlite"
+
+    first = await main(dogs=4, tricks=1, env=env)
+    second = await main(dogs=2, tricks=3, env=env)
+
+    assert first == {"processed": 8, "dogs": 4, "tricks": 4}
+    assert second == {"processed": 8, "dogs": 6, "tricks": 10}
+    assert "view resumed from position 8" in capsys.readouterr().out
+
+
+def test_main_job_runs_as_a_module(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "examples.dogschool", "--dogs", "3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "", "SQLITE_DBNAME": str(tmp_path / "school.sqlite")},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "projected 12 events" in result.stdout
+    assert "the view counts 3 dogs and 9 tricks" in result.stdout
+
+
+async def test_event_sourced_projection_on_sqlite_resumes(tmp_path: Path) -> None:
+    env = {
+        "PERSISTENCE_MODULE": "asyncsourcing.sqlite",
+        "SQLITE_DBNAME": str(tmp_path / "school.sqlite"),
+        # Its own events need their own database: SQLite table names are fixed.
+        "DOGCOUNTERS_SQLITE_DBNAME": str(tmp_path / "counters.sqlite"),
+    }
+    for dogs in (1, 2):
+
+        async def run_once() -> int:
+            async with EventSourcedProjectionRunner(
+                application_class=DogSchool, projection_class=DogCounters, env=env
+            ) as runner:
+                position = 0
+                for n in range(dogs):
+                    dog_id, _ = await runner.app.register_dog(f"dog {n}")
+                    position = await runner.app.add_trick(dog_id, "sit")
+                await runner.wait(position, timeout=10)
+                return await runner.projection.get_count(DOGS)
+
+        counted = await run_once()
+    assert counted == 3
