@@ -13,6 +13,7 @@ import importlib
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 from uuid import UUID
@@ -206,6 +207,15 @@ class TrackingRecorder(Recorder, ABC):
         """Backends override this to share a board or to listen across processes."""
         return PositionBoard(self.max_tracking_id)
 
+    def batch_transaction(self) -> AbstractAsyncContextManager[object] | None:
+        """A transaction that the recorder's own transactions join, or None.
+
+        A projection runner catching up processes many events inside one such
+        transaction, so they commit together: the view's methods need no
+        change. None (the default) means batching gains nothing here.
+        """
+        return None
+
 
 class ProcessRecorder(TrackingRecorder, ApplicationRecorder, ABC):
     """Records new events atomically with the tracking of the processed event.
@@ -311,6 +321,15 @@ class Subscription(AsyncIterator[Notification], Generic[TApplicationRecorder_co]
             else:
                 await self._wait_for_news()
         raise StopAsyncIteration
+
+    def take_ready(self, limit: int) -> list[Notification]:
+        """Up to ``limit`` notifications that are already read, without waiting."""
+        taken: list[Notification] = []
+        while self._buffer and len(taken) < limit and not self._has_been_stopped:
+            taken.append(self._buffer.popleft())
+        if taken:
+            self._last_notification_id = taken[-1].id
+        return taken
 
     def notify(self) -> None:
         """Wake the subscription: new events may have been recorded."""

@@ -104,6 +104,15 @@ class ApplicationSubscription(
         notification = await self.subscription.__anext__()
         return self.to_domain_event(notification), Tracking(self.name, notification.id)
 
+    def take_ready(
+        self, limit: int
+    ) -> list[tuple[DomainEventProtocol[TAggregateID], Tracking]]:
+        """Up to ``limit`` events that are already read, without waiting."""
+        return [
+            (self.to_domain_event(n), Tracking(self.name, n.id))
+            for n in self.subscription.take_ready(limit)
+        ]
+
     def to_domain_event(
         self, notification: Notification
     ) -> DomainEventProtocol[TAggregateID]:
@@ -195,11 +204,18 @@ class EventSourcedProjection(Application[TAggregateID], ABC):
 class BaseProjectionRunner(Generic[TApplication]):
     """Runs a projection of an application in a task of its own.
 
+    While catching up, events already read are processed in batches of up
+    to :attr:`max_batch_size` inside one view transaction (when the view's
+    backend offers :meth:`~TrackingRecorder.batch_transaction`); live events
+    are processed one at a time.
+
     Plain asyncio tasks, not an anyio task group: the runner is entered and
     exited in one place (``async with``) and awaited in another
     (:meth:`run_forever`, perhaps from another task), which a task group's
     nested cancel scopes do not allow.
     """
+
+    max_batch_size = 500
 
     def __init__(
         self,
@@ -259,8 +275,9 @@ class BaseProjectionRunner(Generic[TApplication]):
 
     async def _process_events(self, subscription: ApplicationSubscription[Any]) -> None:
         try:
-            async for domain_event, tracking in subscription:
-                await self._projection.process_event(domain_event, tracking)
+            async for item in subscription:
+                batch = [item, *subscription.take_ready(self.max_batch_size - 1)]
+                await self._process_batch(batch)
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -272,6 +289,28 @@ class BaseProjectionRunner(Generic[TApplication]):
             self._error = error
         finally:
             self._stopping.set()
+
+    async def _process_batch(self, batch: list[tuple[Any, Tracking]]) -> None:
+        """Process ``batch`` in one transaction, or one event at a time.
+
+        If the batch fails, its transaction rolls back and the events are
+        processed again one at a time: the good prefix is committed and the
+        error is raised at the failing event, as if there were no batch.
+        """
+        transaction = None
+        if len(batch) > 1:
+            transaction = self._tracking_recorder.batch_transaction()
+        if transaction is not None:
+            try:
+                async with transaction:
+                    for domain_event, tracking in batch:
+                        await self._projection.process_event(domain_event, tracking)
+            except Exception:
+                logger.debug("Batch of %d events failed; one at a time", len(batch))
+            else:
+                return
+        for domain_event, tracking in batch:
+            await self._projection.process_event(domain_event, tracking)
 
     def stop(self) -> None:
         """Stop processing after the event in hand; :meth:`run_forever` returns."""
@@ -404,7 +443,13 @@ TEventSourcedProjection = TypeVar(
 class EventSourcedProjectionRunner(
     BaseProjectionRunner[TApplication], Generic[TApplication, TEventSourcedProjection]
 ):
-    """Runs an :class:`EventSourcedProjection` of an application."""
+    """Runs an :class:`EventSourcedProjection` of an application.
+
+    One event per transaction: the projection's repository may cache
+    aggregates that a rolled-back batch would leave wrong.
+    """
+
+    max_batch_size = 1
 
     def __init__(
         self,

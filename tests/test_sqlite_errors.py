@@ -207,14 +207,31 @@ async def test_create_table_false_creates_nothing(tmp_path: Path) -> None:
         assert await recorder.max_notification_id() is None
 
 
-async def test_nested_transaction_is_refused_not_deadlocked() -> None:
+async def test_nested_transaction_joins_the_enclosing_one() -> None:
     async with SQLiteDatastore(":memory:") as datastore:
         recorder = SQLiteTrackingRecorder(datastore)
         async with datastore.transaction(commit=True) as connection:
             await recorder._insert_tracking(connection, Tracking("upstream", 1))
-            with pytest.raises(ProgrammingError, match="Nested transaction"):
-                await recorder.max_tracking_id("upstream")
-        assert await recorder.max_tracking_id("upstream") == 1
+            # Sees the enclosing transaction's writes; doesn't wait for itself.
+            assert await recorder.max_tracking_id("upstream") == 1
+            await recorder.insert_tracking(Tracking("upstream", 2))
+        assert await recorder.max_tracking_id("upstream") == 2
+
+        # The enclosing transaction decides: an error rolls back the whole.
+        with pytest.raises(RuntimeError, match="batch failed"):
+            async with datastore.transaction(commit=True):
+                await recorder.insert_tracking(Tracking("upstream", 3))
+                raise RuntimeError("batch failed")
+        assert await recorder.max_tracking_id("upstream") == 2
+
+
+async def test_write_cannot_join_a_read_transaction() -> None:
+    async with SQLiteDatastore(":memory:") as datastore:
+        recorder = SQLiteTrackingRecorder(datastore)
+        async with datastore.transaction(commit=False):
+            with pytest.raises(ProgrammingError, match="cannot join"):
+                await recorder.insert_tracking(Tracking("upstream", 1))
+        assert await recorder.max_tracking_id("upstream") is None
 
 
 async def test_call_after_commit_needs_a_transaction_of_the_datastore() -> None:

@@ -210,8 +210,10 @@ class SQLiteDatastore:
         self._journal_mode_checked = False
         # Connections in a transaction, each with its after-commit callbacks.
         self._after_commit: dict[aiosqlite.Connection, list[Callable[[], None]]] = {}
-        # Tasks in a transaction: a nested one would wait for itself.
-        self._tasks_in_transaction: set[asyncio.Task[object]] = set()
+        # The transaction each task has open: a nested one joins it.
+        self._task_transactions: dict[
+            asyncio.Task[object], tuple[aiosqlite.Connection, bool]
+        ] = {}
         self._table_creators: list[TableCreator] = []
         self._table_creators_lock = asyncio.Lock()
         self._notifier: SQLiteNotifier | None = None
@@ -319,26 +321,48 @@ class SQLiteDatastore:
         timeout for other writers. Read transactions see one snapshot and
         are rolled back. An error rolls the transaction back and is raised
         as a PEP 249 error of :mod:`asyncsourcing.persistence`, with the
-        sqlite3 error as its cause. A task cannot nest transactions of one
-        datastore (it would wait for itself): that raises
+        sqlite3 error as its cause.
+
+        Inside a transaction of the same task, this joins it: it yields the
+        enclosing connection, and the enclosing transaction commits or rolls
+        back the whole (a projection runner batches events this way). A
+        write cannot join a read transaction: that raises
         :class:`ProgrammingError`.
         """
-        self._check_not_in_transaction()
+        enclosing = self._enclosing_transaction()
+        if enclosing is not None:
+            connection, is_write = enclosing
+            if commit and not is_write:
+                msg = (
+                    f"A write transaction cannot join the read transaction "
+                    f"that its task has open on {self!r}"
+                )
+                raise ProgrammingError(msg)
+            yield connection
+            return
         if self._table_creators:
             await self.create_tables()
         async with self._transaction(commit=commit) as connection:
             yield connection
 
+    def in_transaction(self) -> bool:
+        """True when the current task has a transaction open on this datastore."""
+        return self._enclosing_transaction() is not None
+
+    def _enclosing_transaction(self) -> tuple[aiosqlite.Connection, bool] | None:
+        task = asyncio.current_task()
+        return None if task is None else self._task_transactions.get(task)
+
     @asynccontextmanager
     async def _transaction(
         self, *, commit: bool
     ) -> AsyncIterator[aiosqlite.Connection]:
-        task = self._check_not_in_transaction()
+        task = asyncio.current_task()
         callbacks: list[Callable[[], None]] = []
         async with self._connection(writer=commit) as connection:
             self._after_commit[connection] = callbacks
             if task is not None:
-                self._tasks_in_transaction.add(task)
+                self._task_transactions[task] = (connection, commit)
             try:
                 await connection.execute("BEGIN IMMEDIATE" if commit else "BEGIN")
                 yield connection
@@ -355,7 +379,7 @@ class SQLiteDatastore:
             finally:
                 del self._after_commit[connection]
                 if task is not None:
-                    self._tasks_in_transaction.discard(task)
+                    self._task_transactions.pop(task, None)
         if not commit:
             return  # Rolled back: nothing happened.
         for callback in callbacks:
@@ -365,17 +389,6 @@ class SQLiteDatastore:
                 # The transaction has committed: raising would tell the
                 # caller that it failed.
                 logger.exception("After-commit callback failed on %r", self)
-
-    def _check_not_in_transaction(self) -> asyncio.Task[object] | None:
-        task = asyncio.current_task()
-        if task is not None and task in self._tasks_in_transaction:
-            msg = (
-                f"Nested transaction on {self!r}: the task is already in a "
-                "transaction of this datastore, and would wait for itself; "
-                "use the connection of the enclosing transaction"
-            )
-            raise ProgrammingError(msg)
-        return task
 
     async def _abandon(self, connection: aiosqlite.Connection) -> None:
         """Roll back after an error; a connection that can't is not reused."""

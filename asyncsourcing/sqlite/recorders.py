@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import Any
 from uuid import UUID
@@ -433,6 +434,10 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
             connection,
             partial(self._advance, tracking.application_name, tracking.notification_id),
         )
+
+    def batch_transaction(self) -> AbstractAsyncContextManager[object]:
+        """A write transaction that this view's own transactions join."""
+        return self.datastore.transaction(commit=True)
 
     def _advance(self, application_name: str, notification_id: int) -> None:
         # In-process waiters learn the position from the commit itself.

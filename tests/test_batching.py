@@ -1,0 +1,114 @@
+"""Adaptive batching: catching up in few transactions, with the same effect."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from asyncsourcing.application import Application
+from asyncsourcing.domain import Aggregate
+from asyncsourcing.projection import ProjectionRunner
+from examples.eventcounters.projection import (
+    EventCountersProjection,
+    SpannerThrown,
+    SpannerThrownError,
+)
+from examples.eventcounters.sqlite import SQLiteEventCounters
+
+
+class CountingBatches(SQLiteEventCounters):
+    """Counts the batch transactions the runner opens."""
+
+    batches = 0
+
+    def batch_transaction(self) -> AbstractAsyncContextManager[object]:
+        type(self).batches += 1
+        return super().batch_transaction()
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    CountingBatches.batches = 0
+    return {
+        "PERSISTENCE_MODULE": "asyncsourcing.sqlite",
+        "SQLITE_DBNAME": str(tmp_path / "app.sqlite"),
+        "EVENTCOUNTERS_SQLITE_DBNAME": str(tmp_path / "view.sqlite"),
+    }
+
+
+def runner_of(env: dict[str, str]) -> ProjectionRunner[Any, Any]:
+    return ProjectionRunner(
+        application_class=Application[UUID],
+        projection_class=EventCountersProjection,
+        view_class=CountingBatches,
+        env=env,
+    )
+
+
+async def record(env: dict[str, str], *aggregates: Aggregate) -> int:
+    """Record before any runner runs, so a runner has to catch up."""
+    async with Application[UUID](env) as app:
+        recordings = await app.save(*aggregates)
+        return recordings[-1].notification.id
+
+
+def aggregate_with(*event_classes: type[Aggregate.Event]) -> Aggregate:
+    aggregate = Aggregate()
+    for event_class in event_classes:
+        aggregate.trigger_event(event_class)
+    return aggregate
+
+
+async def test_catching_up_commits_in_batches_and_counts_once(
+    env: dict[str, str],
+) -> None:
+    aggregates = [aggregate_with(Aggregate.Event) for _ in range(600)]
+    last = await record(env, *aggregates)
+    assert last == 1200
+
+    async with runner_of(env) as runner:
+        view = runner.projection.view
+        await view.wait(runner.app.name, last, timeout=30)
+        assert await view.get_created_event_counter() == 600
+        assert await view.get_subsequent_event_counter() == 600
+        # 1,200 events in batches of at most 500 (as read), not 1,200 commits.
+        assert 3 <= CountingBatches.batches <= 6
+
+        # Live events come one at a time: no batch transaction for them.
+        batches = CountingBatches.batches
+        recordings = await runner.app.save(aggregate_with())
+        await view.wait(runner.app.name, recordings[-1].notification.id)
+        assert CountingBatches.batches == batches
+        assert await view.get_created_event_counter() == 601
+
+
+async def test_failing_batch_commits_the_good_prefix_and_raises(
+    env: dict[str, str],
+) -> None:
+    good = [aggregate_with(Aggregate.Event) for _ in range(10)]
+    await record(env, *good)
+    spanner = await record(env, aggregate_with(SpannerThrown))
+    await record(env, *(aggregate_with() for _ in range(10)))
+
+    runner = runner_of(env)
+    with pytest.raises(SpannerThrownError):
+        await runner.run_forever(timeout=10)
+    assert CountingBatches.batches == 1  # Tried as a batch, then one at a time.
+
+    # Exactly the events before the failing one were counted, once each.
+    view = runner_of(env).projection.view
+    try:
+        assert await view.max_tracking_id("Application") == spanner - 1
+        # The spanner's aggregate was created before it threw the spanner.
+        assert await view.get_created_event_counter() == 11
+        assert await view.get_subsequent_event_counter() == 10
+    finally:
+        await view.datastore.close()
+
+    # Run again: it resumes at the failing event and fails the same way.
+    with pytest.raises(SpannerThrownError):
+        await runner_of(env).run_forever(timeout=10)
