@@ -218,10 +218,13 @@ async def test_nested_transaction_joins_the_enclosing_one() -> None:
         assert await recorder.max_tracking_id("upstream") == 2
 
         # The enclosing transaction decides: an error rolls back the whole.
-        with pytest.raises(RuntimeError, match="batch failed"):
+        async def failing_batch() -> None:
             async with datastore.transaction(commit=True):
                 await recorder.insert_tracking(Tracking("upstream", 3))
                 raise RuntimeError("batch failed")
+
+        with pytest.raises(RuntimeError, match="batch failed"):
+            await failing_batch()
         assert await recorder.max_tracking_id("upstream") == 2
 
 

@@ -1,0 +1,46 @@
+"""The shared recorder suites, on PostgreSQL (a fresh schema per test)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from asyncsourcing.persistence import InfrastructureFactory
+from tests.suites import (
+    AggregateRecorderSuite,
+    ApplicationRecorderSuite,
+    ProcessRecorderSuite,
+    TrackingRecorderSuite,
+)
+from tests.test_postgres_support import factory_env, pg_schema
+
+__all__ = ["pg_schema"]  # A fixture used here, imported from the support module.
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+async def factory(
+    postgres_env: dict[str, str], pg_schema: str
+) -> AsyncIterator[InfrastructureFactory[Any]]:
+    env = factory_env(postgres_env, pg_schema)
+    async with InfrastructureFactory[Any].construct(env) as factory:
+        yield factory
+
+
+class TestPostgresAggregateRecorder(AggregateRecorderSuite):
+    pass
+
+
+class TestPostgresApplicationRecorder(ApplicationRecorderSuite):
+    pass
+
+
+class TestPostgresTrackingRecorder(TrackingRecorderSuite):
+    pass
+
+
+class TestPostgresProcessRecorder(ProcessRecorderSuite):
+    pass

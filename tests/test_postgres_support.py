@@ -1,0 +1,103 @@
+"""Shared fixtures and helpers of the Postgres tests (this module has no tests).
+
+Each test gets a schema of its own, created empty and dropped with everything
+in it afterwards, so tests leave nothing behind and never see each other's
+tables (the acceptance tests, which use schema public, are unaffected).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+from uuid import uuid4
+
+import asyncpg
+import pytest
+
+from asyncsourcing.postgres import PostgresDatastore, PostgresFactory, PostgresSettings
+
+__all__ = [
+    "admin_connection",
+    "factory_env",
+    "our_connections",
+    "pg_schema",
+    "quote",
+]
+
+
+def quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+@contextlib.asynccontextmanager
+async def admin_connection(
+    env: dict[str, str],
+) -> AsyncIterator[asyncpg.Connection[Any]]:
+    """A plain connection for the tests' own checks and clean-up."""
+    conn = await asyncpg.connect(
+        host=env["POSTGRES_HOST"],
+        port=int(env["POSTGRES_PORT"]),
+        user=env["POSTGRES_USER"],
+        password=env["POSTGRES_PASSWORD"],
+        database=env["POSTGRES_DBNAME"],
+        server_settings={"application_name": "tests-admin"},
+    )
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def pg_schema(postgres_env: dict[str, str]) -> AsyncIterator[str]:
+    """A new empty schema, dropped with everything in it after the test."""
+    schema = f"test_{uuid4().hex[:12]}"
+    async with admin_connection(postgres_env) as conn:
+        await conn.execute(f"CREATE SCHEMA {quote(schema)}")
+    try:
+        yield schema
+    finally:
+        async with admin_connection(postgres_env) as conn:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {quote(schema)} CASCADE")
+
+
+def factory_env(
+    postgres_env: dict[str, str], schema: str, **extra: str
+) -> dict[str, str]:
+    """Environment of a Postgres factory on ``schema``."""
+    return {
+        "PERSISTENCE_MODULE": "asyncsourcing.postgres",
+        **postgres_env,
+        "POSTGRES_SCHEMA": schema,
+        "POSTGRES_POOL_SIZE": "2",
+        "POSTGRES_APPLICATION_NAME": f"asyncsourcing-{schema}",
+        **extra,
+    }
+
+
+def settings(
+    postgres_env: dict[str, str], schema: str, **extra: str
+) -> PostgresSettings:
+    return PostgresSettings.from_env(factory_env(postgres_env, schema, **extra))
+
+
+def datastore(
+    postgres_env: dict[str, str], schema: str, **extra: str
+) -> PostgresDatastore:
+    return PostgresDatastore(settings(postgres_env, schema, **extra))
+
+
+def factory(postgres_env: dict[str, str], schema: str, **extra: str) -> PostgresFactory:
+    return PostgresFactory(factory_env(postgres_env, schema, **extra))
+
+
+async def our_connections(env: dict[str, str], schema: str) -> list[str]:
+    """The application names of the open connections of the test's datastores."""
+    async with admin_connection(env) as conn:
+        rows = await conn.fetch(
+            "SELECT application_name FROM pg_stat_activity "
+            "WHERE application_name LIKE $1 AND pid <> pg_backend_pid()",
+            f"asyncsourcing-{schema}%",
+        )
+    return [row[0] for row in rows]
