@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from asyncsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
-
 from asyncsourcing.persistence import Tracking
+from asyncsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from examples.eventcounters.views import EventCountersView
 
 
