@@ -150,6 +150,13 @@ async def test_tables_are_eventsourcings(
 
         expected = await describe_schema(postgres_env, theirs)
         actual = await describe_schema(postgres_env, ours)
+        # Ours has one function more, through which saves lock, notify and
+        # insert in one round trip; eventsourcing never calls it.
+        (ours_only,) = [
+            f for f in actual["functions"] if f not in expected["functions"]
+        ]
+        assert ours_only[0] == "asyncsourcing_insert_events_uuid"
+        actual["functions"].remove(ours_only)
         assert {t for t, *_ in expected["columns"]} == {
             "orders_events",
             "orders_snapshots",
@@ -168,7 +175,9 @@ async def test_tables_are_eventsourcings(
         es = es_factory(factory_env(postgres_env, ours))
         es.process_recorder()
         es.close()
-        assert await describe_schema(postgres_env, ours) == actual
+        again = await describe_schema(postgres_env, ours)
+        again["functions"].remove(ours_only)
+        assert again == actual
     finally:
         await drop_schema(postgres_env, ours)
 

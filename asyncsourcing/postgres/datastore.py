@@ -268,6 +268,11 @@ class PostgresDatastore:
                         max_size=s.pool_size + s.max_overflow,
                         max_inactive_connection_lifetime=s.conn_max_age,
                         init=self._init_connection,
+                        # Skip asyncpg's reset query (a round trip per use):
+                        # an open transaction is still rolled back, and our
+                        # statements leave no session state (SET LOCAL and
+                        # transaction-scoped advisory locks only).
+                        reset=_keep_session,
                         **s.connect_kwargs(),
                     )
                 if self._closed:  # Closed while connecting.
@@ -459,3 +464,7 @@ async def _close_pool(pool: asyncpg.Pool[asyncpg.Record]) -> None:
         # Our caller is cancelled: still leave no connection behind.
         pool.terminate()
         raise
+
+
+async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
+    """The pool's reset: nothing beyond asyncpg's rollback of an open transaction."""

@@ -32,6 +32,7 @@ from eventsourcing.persistence import (
     Tracking,
 )
 
+from asyncsourcing.coalescing import BatchResult, WriteCoalescer
 from asyncsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
@@ -317,6 +318,39 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
         )
         self.max_notification_id_statement = f"SELECT MAX(notification_id) FROM {table}"
         self._select_notifications_statements: dict[tuple[bool, ...], str] = {}
+        # Saves go through one function call each: lock, notify and insert in
+        # one round trip and one implicit transaction. Concurrent saves
+        # arriving together share a call (see asyncsourcing.coalescing).
+        function = self._qualified(
+            f"asyncsourcing_insert_events_{datastore.originator_id_type}"
+        )
+        self.sql_create_statements.append(
+            f"CREATE OR REPLACE FUNCTION {function}("
+            "events_schema text, events_table text, channel text, "
+            f"lock_timeout text, originator_ids {id_type}[], "
+            "originator_versions bigint[], topics text[], states bytea[]) "
+            "RETURNS SETOF bigint LANGUAGE plpgsql AS $BODY$ "
+            "BEGIN "
+            "IF lock_timeout IS NOT NULL THEN "
+            "PERFORM set_config('lock_timeout', lock_timeout, true); "
+            "END IF; "
+            # EXCLUSIVE blocks other writers, not readers, until commit: ids
+            # are issued and committed in order.
+            "EXECUTE format('LOCK TABLE %I.%I IN EXCLUSIVE MODE', "
+            "events_schema, events_table); "
+            "PERFORM pg_notify(channel, ''); "
+            "RETURN QUERY EXECUTE format("
+            "'INSERT INTO %I.%I (originator_id, originator_version, topic, state) "
+            "SELECT * FROM unnest($1, $2, $3, $4) RETURNING notification_id', "
+            "events_schema, events_table) "
+            "USING originator_ids, originator_versions, topics, states; "
+            "END; $BODY$"
+        )
+        self.insert_events_function_statement = (
+            f"SELECT * FROM {function}($1, $2, $3, $4, $5, $6, $7, $8)"
+        )
+        self._use_insert_function = True
+        self._coalescer = WriteCoalescer(self._write_batch)
 
     async def _create_table(self, conn: PostgresConnection) -> None:
         await super()._create_table(conn)
@@ -366,7 +400,71 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
     async def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        """Insert ``stored_events`` atomically; returns their notification ids."""
+        """Insert ``stored_events`` atomically; returns their notification ids.
+
+        Concurrent calls that arrive together are recorded in one transaction
+        (with one table lock and one commit); a conflict in one of them fails
+        only that one. Inside a transaction of the task, or with tracking, the
+        events are inserted in that transaction instead.
+        """
+        if (
+            not stored_events
+            or kwargs.get("tracking") is not None
+            or not self._use_insert_function
+            or self.datastore.in_transaction()
+        ):
+            return await self._insert_events_in_transaction(stored_events, **kwargs)
+        return await self._coalescer.write(stored_events)
+
+    async def _write_batch(
+        self, writes: list[Sequence[StoredEvent]]
+    ) -> list[BatchResult]:
+        """Record ``writes`` in one call, or each alone if one of them conflicts."""
+        try:
+            notification_ids = await self._call_insert_function(
+                [e for stored_events in writes for e in stored_events]
+            )
+        except IntegrityError as error:
+            if len(writes) == 1:
+                return [error]
+            return [await self._write_alone(stored_events) for stored_events in writes]
+        results: list[BatchResult] = []
+        for stored_events in writes:
+            results.append(notification_ids[: len(stored_events)])
+            notification_ids = notification_ids[len(stored_events) :]
+        return results
+
+    async def _write_alone(self, stored_events: Sequence[StoredEvent]) -> BatchResult:
+        try:
+            return await self._call_insert_function(stored_events)
+        except IntegrityError as error:
+            return error
+
+    async def _call_insert_function(
+        self, stored_events: Sequence[StoredEvent]
+    ) -> list[int]:
+        lock_timeout = self.datastore.lock_timeout
+        try:
+            async with self.datastore.connection() as conn:
+                rows = await conn.fetch(
+                    self.insert_events_function_statement,
+                    self.datastore.schema,
+                    self.events_table_name,
+                    self.channel_name,
+                    f"{lock_timeout}s" if lock_timeout else None,
+                    *self._insert_events_args(stored_events),
+                )
+        except ProgrammingError as error:
+            if not isinstance(error.__cause__, asyncpg.UndefinedFunctionError):
+                raise
+            # Tables made elsewhere (CREATE_TABLE=false), without our function.
+            self._use_insert_function = False
+            return list(await self._insert_events_in_transaction(stored_events))
+        return [row[0] for row in rows]
+
+    async def _insert_events_in_transaction(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int]:
         notification_ids: list[int] = []
         async with self.datastore.transaction(commit=True) as conn:
             await self._insert_events(conn, stored_events, **kwargs)
