@@ -4,7 +4,7 @@ A write that finds no other in flight goes at once, so a lone writer waits
 for nothing. Writes that arrive while one is in flight queue up, and the
 next of them to run takes the whole queue into one transaction: one table
 lock and one commit for many ``save()`` calls. A conflict in one of them
-fails only that one (the backend retries the others without it).
+fails only that one: the others are then recorded one at a time.
 """
 
 from __future__ import annotations
@@ -13,14 +13,11 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from asyncsourcing.persistence import StoredEvent
+from asyncsourcing.persistence import IntegrityError, StoredEvent
 
-__all__ = ["BatchResult", "WriteCoalescer"]
+__all__ = ["WriteCoalescer"]
 
-BatchResult = Sequence[int] | BaseException
-"""What one write of a batch came to: its notification ids, or its error."""
-
-WriteBatch = Callable[[list[Sequence[StoredEvent]]], Awaitable[list[BatchResult]]]
+Insert = Callable[[Sequence[StoredEvent]], Awaitable[Sequence[int]]]
 
 
 @dataclass
@@ -32,16 +29,17 @@ class _Write:
 
 
 class WriteCoalescer:
-    """Runs ``write_batch`` for the writes queued while the previous batch ran.
+    """Records the writes queued while a batch ran, in one call of ``insert``.
 
-    ``write_batch(writes)`` records the given writes atomically each, in as
-    few transactions as it can, and returns a result per write: its
-    notification ids or the error that failed it alone. If it raises, every
-    write of the batch fails with that error (nothing of it was recorded).
+    ``insert(stored_events)`` records events atomically, in a transaction of
+    its own, and returns their notification ids in order. When a batch raises
+    :class:`IntegrityError`, its writes are recorded one at a time instead,
+    so the conflict fails only the write that has it. Any other error fails
+    every write of the batch (none of it was recorded).
     """
 
-    def __init__(self, write_batch: WriteBatch) -> None:
-        self._write_batch = write_batch
+    def __init__(self, insert: Insert) -> None:
+        self._insert = insert
         self._queue: list[_Write] = []
         self._lock = asyncio.Lock()
 
@@ -65,7 +63,7 @@ class WriteCoalescer:
 
     async def _run(self, batch: list[_Write]) -> None:
         try:
-            results = await self._write_batch([w.stored_events for w in batch])
+            results = await self._insert_batch([w.stored_events for w in batch])
         except asyncio.CancelledError:
             # The leader was cancelled, and the transaction rolled back: the
             # others go first in the queue for the next leader.
@@ -80,6 +78,29 @@ class WriteCoalescer:
                 write.result.set_exception(result)
             else:
                 write.result.set_result(result)
+
+    async def _insert_batch(
+        self, writes: list[Sequence[StoredEvent]]
+    ) -> list[Sequence[int] | BaseException]:
+        try:
+            notification_ids = await self._insert([e for w in writes for e in w])
+        except IntegrityError as error:
+            if len(writes) == 1:
+                return [error]
+            return [await self._insert_alone(w) for w in writes]
+        results: list[Sequence[int] | BaseException] = []
+        for stored_events in writes:
+            results.append(notification_ids[: len(stored_events)])
+            notification_ids = notification_ids[len(stored_events) :]
+        return results
+
+    async def _insert_alone(
+        self, stored_events: Sequence[StoredEvent]
+    ) -> Sequence[int] | BaseException:
+        try:
+            return await self._insert(stored_events)
+        except IntegrityError as error:
+            return error
 
 
 def _discard_outcome(future: asyncio.Future[Sequence[int]]) -> None:

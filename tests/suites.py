@@ -251,6 +251,42 @@ class ApplicationRecorderSuite(AggregateRecorderSuite):
         assert ids == sorted(set(ids))
         assert len(ids) == writers * per_writer
 
+    async def test_concurrent_inserts_each_get_their_own_ids(
+        self, recorder: ApplicationRecorder
+    ) -> None:
+        writes = [[stored(a, 1), stored(a, 2)] for a in (uuid4() for _ in range(64))]
+        results = await asyncio.gather(*(recorder.insert_events(w) for w in writes))
+
+        notifications = {
+            n.id: n for n in await recorder.select_notifications(None, 200)
+        }
+        assert len(notifications) == 128
+        for write, ids in zip(writes, results, strict=True):
+            # Each insert's ids are its own events', in order, and consecutive.
+            assert ids is not None
+            assert [notifications[i].originator_id for i in ids] == [
+                e.originator_id for e in write
+            ]
+            assert list(ids) == [ids[0], ids[0] + 1]
+
+    async def test_a_conflict_fails_only_its_own_concurrent_insert(
+        self, recorder: ApplicationRecorder
+    ) -> None:
+        taken = uuid4()
+        await recorder.insert_events([stored(taken, 1)])
+        writes = [[stored(uuid4(), 1)] for _ in range(20)]
+        writes.insert(7, [stored(uuid4(), 1), stored(taken, 1)])  # Conflicts.
+
+        results = await asyncio.gather(
+            *(recorder.insert_events(w) for w in writes), return_exceptions=True
+        )
+
+        failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
+        assert failed == [7]
+        assert isinstance(results[7], IntegrityError)
+        notifications = await recorder.select_notifications(None, 100)
+        assert len(notifications) == 1 + 20  # None of the conflicting insert's.
+
 
 class TrackingRecorderSuite:
     """What every tracking recorder does."""

@@ -32,7 +32,7 @@ from eventsourcing.persistence import (
     Tracking,
 )
 
-from asyncsourcing.coalescing import BatchResult, WriteCoalescer
+from asyncsourcing.coalescing import WriteCoalescer
 from asyncsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
@@ -350,7 +350,7 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
             f"SELECT * FROM {function}($1, $2, $3, $4, $5, $6, $7, $8)"
         )
         self._use_insert_function = True
-        self._coalescer = WriteCoalescer(self._write_batch)
+        self._coalescer = WriteCoalescer(self._call_insert_function)
 
     async def _create_table(self, conn: PostgresConnection) -> None:
         await super()._create_table(conn)
@@ -416,33 +416,9 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
             return await self._insert_events_in_transaction(stored_events, **kwargs)
         return await self._coalescer.write(stored_events)
 
-    async def _write_batch(
-        self, writes: list[Sequence[StoredEvent]]
-    ) -> list[BatchResult]:
-        """Record ``writes`` in one call, or each alone if one of them conflicts."""
-        try:
-            notification_ids = await self._call_insert_function(
-                [e for stored_events in writes for e in stored_events]
-            )
-        except IntegrityError as error:
-            if len(writes) == 1:
-                return [error]
-            return [await self._write_alone(stored_events) for stored_events in writes]
-        results: list[BatchResult] = []
-        for stored_events in writes:
-            results.append(notification_ids[: len(stored_events)])
-            notification_ids = notification_ids[len(stored_events) :]
-        return results
-
-    async def _write_alone(self, stored_events: Sequence[StoredEvent]) -> BatchResult:
-        try:
-            return await self._call_insert_function(stored_events)
-        except IntegrityError as error:
-            return error
-
     async def _call_insert_function(
         self, stored_events: Sequence[StoredEvent]
-    ) -> list[int]:
+    ) -> Sequence[int]:
         lock_timeout = self.datastore.lock_timeout
         try:
             async with self.datastore.connection() as conn:

@@ -19,6 +19,7 @@ from uuid import UUID
 
 import aiosqlite
 
+from asyncsourcing.coalescing import WriteCoalescer
 from asyncsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
@@ -217,6 +218,9 @@ class SQLiteApplicationRecorder(SQLiteAggregateRecorder, ApplicationRecorder):
         self, datastore: SQLiteDatastore, events_table_name: str = "stored_events"
     ) -> None:
         super().__init__(datastore, events_table_name)
+        # Concurrent saves arriving together share a transaction (one lock,
+        # one commit): see asyncsourcing.coalescing.
+        self._coalescer = WriteCoalescer(self._insert_in_own_transaction)
         table = quote(self.events_table_name)
         self.select_notifications_statement = (
             "SELECT rowid, originator_id, originator_version, topic, state "
@@ -236,6 +240,29 @@ class SQLiteApplicationRecorder(SQLiteAggregateRecorder, ApplicationRecorder):
             "PRIMARY KEY "
             "(originator_id, originator_version))"
         ]
+
+    async def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """Insert ``stored_events`` atomically; returns their notification ids.
+
+        Concurrent calls that arrive together are recorded in one transaction;
+        a conflict in one of them fails only that one. Inside a transaction of
+        the task, or with tracking, the events go in that transaction instead.
+        """
+        if (
+            not stored_events
+            or kwargs.get("tracking") is not None
+            or self.datastore.in_transaction()
+        ):
+            return await super().insert_events(stored_events, **kwargs)
+        return await self._coalescer.write(stored_events)
+
+    async def _insert_in_own_transaction(
+        self, stored_events: Sequence[StoredEvent]
+    ) -> Sequence[int]:
+        async with self.datastore.transaction(commit=True) as connection:
+            return await self._insert_events(connection, stored_events)
 
     async def _insert_events(
         self,
