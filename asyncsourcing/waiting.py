@@ -18,6 +18,7 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from eventsourcing.persistence import WaitInterruptedError
 
@@ -121,32 +122,39 @@ class PositionBoard:
         if application_name not in self._fetched:
             self._start_fetch(application_name)
         self._start_poller()
-        interrupted: asyncio.Task[bool] | None = None
-        if interrupt is not None:
-            interrupted = asyncio.ensure_future(interrupt.wait())
         try:
-            awaitables: set[asyncio.Future[object]] = {waiter.future}  # type: ignore[arg-type]
-            if interrupted is not None:
-                awaitables.add(interrupted)  # type: ignore[arg-type]
-            done, _ = await asyncio.wait(
-                awaitables, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            if waiter.future in done:
-                waiter.future.result()  # Surfaces a failed database read.
-                return
-            if interrupted is not None and interrupted in done:
-                raise WaitInterruptedError
+            async with asyncio.timeout(timeout):
+                if interrupt is None:
+                    # Awaited directly (a timeout cancels it): a thousand
+                    # waiters wake a thousand tasks and nothing else.
+                    await waiter.future
+                else:
+                    await self._wait_or_interrupt(waiter.future, interrupt)
+        except TimeoutError:
             msg = (
                 f"Timed out waiting for notification {position} "
                 f"from application '{application_name}' to be processed"
             )
-            raise TimeoutError(msg)
+            raise TimeoutError(msg) from None
         finally:
-            if interrupted is not None:
-                interrupted.cancel()
             if not waiter.future.done():
                 waiter.future.cancel()
+            if waiter.future.cancelled():
                 self._discard()
+
+    @staticmethod
+    async def _wait_or_interrupt(
+        future: asyncio.Future[None], interrupt: asyncio.Event
+    ) -> None:
+        interrupted = asyncio.ensure_future(interrupt.wait())
+        awaited: list[asyncio.Future[Any]] = [future, interrupted]
+        try:
+            await asyncio.wait(awaited, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            interrupted.cancel()
+        if not future.done():
+            raise WaitInterruptedError
+        future.result()  # Surfaces a failed database read.
 
     async def aclose(self) -> None:
         """Cancel the board's reads and fail its waiters; idempotent."""
@@ -186,11 +194,20 @@ class PositionBoard:
         return sum(len(heap) for heap in self._waiters.values())
 
     def _start_fetch(self, application_name: str) -> None:
-        if self._closed or application_name in self._fetches:
+        if self._closed:
+            return
+        running = self._fetches.get(application_name)
+        if running is not None and not running.done():
             return
         task = asyncio.create_task(self._fetch(application_name))
         self._fetches[application_name] = task
-        task.add_done_callback(lambda _: self._fetches.pop(application_name, None))
+        task.add_done_callback(
+            lambda done: (
+                self._fetches.pop(application_name, None)
+                if self._fetches.get(application_name) is done
+                else None
+            )
+        )
 
     async def _fetch(self, application_name: str) -> None:
         try:
