@@ -389,6 +389,40 @@ class TrackingRecorderSuite:
         await recorder.insert_tracking(Tracking("upstream", 1))
         await asyncio.wait_for(later, 2)
 
+    async def test_batch_transaction_checks_each_position_and_commits_the_last(
+        self, recorder: TrackingRecorder
+    ) -> None:
+        if recorder.batch_transaction() is None:
+            pytest.skip("the backend does not batch")
+        await recorder.insert_tracking(Tracking("upstream", 1))
+        waiter = asyncio.create_task(recorder.wait("upstream", 3, timeout=5))
+
+        batch = recorder.batch_transaction()
+        assert batch is not None
+        async with batch:
+            await recorder.insert_tracking(Tracking("upstream", 2))
+            await recorder.insert_tracking(Tracking("upstream", 3))
+            # Checked at once, against the recorded and the batch's positions.
+            for position in (1, 3):
+                with pytest.raises(IntegrityError):
+                    await recorder.insert_tracking(Tracking("upstream", position))
+            await asyncio.sleep(0.05)
+            assert not waiter.done()  # Nothing is committed yet.
+        await asyncio.wait_for(waiter, 2)
+        assert await recorder.max_tracking_id("upstream") == 3
+
+        # A batch that fails records nothing.
+        async def failing_batch() -> None:
+            batch = recorder.batch_transaction()
+            assert batch is not None
+            async with batch:
+                await recorder.insert_tracking(Tracking("upstream", 4))
+                raise RuntimeError("the view failed")
+
+        with pytest.raises(RuntimeError):
+            await failing_batch()
+        assert await recorder.max_tracking_id("upstream") == 3
+
 
 class ProcessRecorderSuite(ApplicationRecorderSuite, TrackingRecorderSuite):
     """What every process recorder does: events and tracking, together or not at all."""

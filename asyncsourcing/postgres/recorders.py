@@ -32,6 +32,7 @@ from eventsourcing.persistence import (
     Tracking,
 )
 
+from asyncsourcing.batching import TrackingBatches
 from asyncsourcing.coalescing import WriteCoalescer
 from asyncsourcing.persistence import (
     AggregateRecorder,
@@ -593,6 +594,9 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
         self.max_tracking_id_statement = (
             f"SELECT MAX(notification_id) FROM {table} WHERE application_name=$1"
         )
+        self._tracking_batches: TrackingBatches[PostgresConnection] = TrackingBatches(
+            self._record_tracking, self._read_max_tracking_id
+        )
 
     async def _create_table(self, conn: PostgresConnection) -> None:
         table = self._qualified(self.tracking_table_name)
@@ -639,8 +643,15 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
         Raises :class:`IntegrityError` when the position is not greater than
         the recorded one (the caller's transaction must then roll back, which
         :meth:`PostgresDatastore.transaction` does). Waiters in this process
-        are woken after the commit, and in others by the NOTIFY.
+        are woken after the commit, and in others by the NOTIFY. In a
+        :meth:`batch_transaction`, only the batch's last position is written.
         """
+        if not await self._tracking_batches.defer(conn, tracking):
+            await self._record_tracking(conn, tracking)
+
+    async def _record_tracking(
+        self, conn: PostgresConnection, tracking: Tracking
+    ) -> None:
         with translate_errors():
             row = await conn.fetchrow(
                 self.insert_tracking_statement,
@@ -666,9 +677,17 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
         """A write transaction that this view's own transactions join.
 
         A projection runner catching up processes a batch of events in it,
-        committing them (and their tracking) together.
+        committing them (and their last tracking position) together.
         """
-        return self.datastore.transaction(commit=True)
+        return self._tracking_batches.batch(self.datastore.transaction(commit=True))
+
+    async def _read_max_tracking_id(
+        self, conn: PostgresConnection, application_name: str
+    ) -> int | None:
+        position: int | None = await conn.fetchval(
+            self.max_tracking_id_statement, application_name
+        )
+        return position
 
     def _advance(self, application_name: str, notification_id: int) -> None:
         board = self.datastore.existing_position_board(self.tracking_table_name)

@@ -19,6 +19,7 @@ from uuid import UUID
 
 import aiosqlite
 
+from asyncsourcing.batching import TrackingBatches
 from asyncsourcing.coalescing import WriteCoalescer
 from asyncsourcing.persistence import (
     AggregateRecorder,
@@ -384,6 +385,9 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
         self.select_max_tracking_id_statement = (
             f"SELECT MAX(notification_id) FROM {table} WHERE application_name = ?"
         )
+        self._tracking_batches: TrackingBatches[aiosqlite.Connection] = TrackingBatches(
+            self._record_tracking, self._max_tracking_id
+        )
 
     def _construct_create_table_statements(self) -> list[str]:
         return [
@@ -444,8 +448,15 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
         Raises :class:`IntegrityError` when the position is not ahead of the
         recorded one: the enclosing transaction then rolls back, so the
         view's update is not recorded either. Waiters are woken once the
-        transaction has committed, not before.
+        transaction has committed, not before. In a :meth:`batch_transaction`,
+        only the batch's last position is written.
         """
+        if not await self._tracking_batches.defer(connection, tracking):
+            await self._record_tracking(connection, tracking)
+
+    async def _record_tracking(
+        self, connection: aiosqlite.Connection, tracking: Tracking
+    ) -> None:
         returned = await connection.execute_fetchall(
             self.insert_tracking_statement,
             (tracking.application_name, tracking.notification_id),
@@ -463,8 +474,12 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
         )
 
     def batch_transaction(self) -> AbstractAsyncContextManager[object]:
-        """A write transaction that this view's own transactions join."""
-        return self.datastore.transaction(commit=True)
+        """A write transaction that this view's own transactions join.
+
+        A projection runner catching up processes a batch of events in it,
+        committing them (and their last tracking position) together.
+        """
+        return self._tracking_batches.batch(self.datastore.transaction(commit=True))
 
     def _advance(self, application_name: str, notification_id: int) -> None:
         # In-process waiters learn the position from the commit itself.
