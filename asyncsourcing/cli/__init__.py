@@ -1,0 +1,210 @@
+"""The ``asyncsourcing`` command: run a projection, or show how far it has got.
+
+Usage::
+
+    asyncsourcing run --app examples.dogschool.application:DogSchool \\
+        --projection examples.dogschool.projections:DogCountersProjection \\
+        --view examples.dogschool.sqlite:SQLiteCounters --env-file .env
+    asyncsourcing status --app ... --projection ... --view ... --env-file .env
+
+``run`` processes the application's events into the view until SIGINT or
+SIGTERM (exit status 0), ``--timeout`` (0) or an error of the projection (1),
+with a progress line on stderr. ``status`` prints the view's position and its
+lag behind the application, without processing anything. Bad usage, a topic
+that cannot be imported and an unreadable env file give exit status 2.
+
+Configuration comes from the environment, as for any application or
+projection (``PERSISTENCE_MODULE``, ``SQLITE_DBNAME``, ...). ``--env-file``
+adds ``KEY=VALUE`` lines to it; a variable set in the process environment
+wins over the same variable in the file, as with docker and dotenv. (A
+prefixed variable, ``DOGCOUNTERS_SQLITE_DBNAME``, still wins over a plain
+one, wherever each comes from.)
+
+Topics (``module:Class``) are imported with the current directory on
+``sys.path``, as ``python -m`` does, so a project's own modules are found.
+An :class:`~asyncsourcing.projection.EventSourcedProjection` is run without
+``--view``: it records its own events and tracking.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Coroutine
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from asyncsourcing.cli.commands import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    run_command,
+    status_command,
+)
+from asyncsourcing.cli.config import (
+    UsageError,
+    compose_env,
+    read_env_file,
+    resolve_target,
+)
+from asyncsourcing.cli.progress import (
+    PIPE_INTERVAL,
+    TTY_INTERVAL,
+    ProgressLine,
+    configure_logging,
+)
+
+__all__ = ["build_parser", "main"]
+
+
+def _package_version() -> str:
+    try:
+        return version("asyncsourcing")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        msg = f"expected a number of seconds > 0, not {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``asyncsourcing`` and its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="asyncsourcing",
+        description="Run asyncsourcing projections and show their progress.",
+        epilog=(
+            "Configuration is read from the environment (PERSISTENCE_MODULE, "
+            "SQLITE_DBNAME, POSTGRES_DBNAME, ...) and --env-file; the process "
+            "environment wins over the file."
+        ),
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {_package_version()}"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("projection")
+    group.add_argument(
+        "--app",
+        required=True,
+        metavar="MODULE:CLASS",
+        help="the application class whose events are projected",
+    )
+    group.add_argument(
+        "--projection",
+        required=True,
+        metavar="MODULE:CLASS",
+        help="the Projection (or EventSourcedProjection) class",
+    )
+    group.add_argument(
+        "--view",
+        metavar="MODULE:CLASS",
+        help="the view class, a TrackingRecorder (not for event-sourced projections)",
+    )
+    group.add_argument(
+        "--env-file",
+        metavar="PATH",
+        help=(
+            "read KEY=VALUE lines ('#' comments, optional 'export', quotes "
+            "stripped) into the environment; variables already set win"
+        ),
+    )
+    common.add_argument(
+        "--log-level",
+        default="WARNING",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="level of the library's log messages on stderr (default: WARNING)",
+    )
+
+    run = commands.add_parser(
+        "run",
+        parents=[common],
+        help="process the application's events into the view",
+        description=(
+            "Process the application's events into the view, from the position "
+            "the view has recorded, until SIGINT or SIGTERM (exit status 0), "
+            "--timeout (0) or an error of the projection (1). Shows the "
+            "progress on stderr."
+        ),
+    )
+    run.add_argument(
+        "--timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="stop by itself after this many seconds",
+    )
+    run.add_argument(
+        "--interval",
+        type=_positive_float,
+        metavar="SECONDS",
+        help=(
+            f"seconds between progress reports (default: {TTY_INTERVAL:g} on "
+            f"a terminal, where the line is rewritten in place, else "
+            f"{PIPE_INTERVAL:g})"
+        ),
+    )
+    run.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="don't show the progress",
+    )
+
+    commands.add_parser(
+        "status",
+        parents=[common],
+        help="print the view's position and its lag behind the application",
+        description=(
+            "Print the position the view has recorded and its lag behind the "
+            "application, without processing anything."
+        ),
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``).
+
+    Returns the exit status: 0 done, 1 error of the projection or its
+    database, 2 bad usage (including topics and env file), 130 cancelled.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        # --help, --version and argparse's usage errors, as a return value.
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    # As `python -m` does, and uvicorn and gunicorn: topics may name modules
+    # of the project in the current directory.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        target = resolve_target(args)
+        file_variables = read_env_file(args.env_file) if args.env_file else {}
+    except UsageError as error:
+        print(f"asyncsourcing {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    env = compose_env(file_variables, os.environ)
+    progress = ProgressLine(sys.stderr)
+    configure_logging(args.log_level, progress)
+    command: Coroutine[Any, Any, int]
+    if args.command == "run":
+        command = run_command(args, target, env, progress)
+    else:
+        command = status_command(target, env)
+    try:
+        return asyncio.run(command)
+    except KeyboardInterrupt:
+        # Ctrl-C before the signal handlers were installed, or on Windows.
+        return EXIT_INTERRUPTED

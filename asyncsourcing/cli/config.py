@@ -1,0 +1,197 @@
+"""Configuration of the CLI: env files, topics and the runner they name."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from asyncsourcing.application import Application
+from asyncsourcing.persistence import TrackingRecorder
+from asyncsourcing.projection import (
+    BaseProjectionRunner,
+    EventSourcedProjection,
+    EventSourcedProjectionRunner,
+    Projection,
+    ProjectionRunner,
+)
+from asyncsourcing.utils import TopicError, resolve_topic
+
+__all__ = [
+    "RunnerParts",
+    "Target",
+    "UsageError",
+    "compose_env",
+    "construct_runner",
+    "read_env_file",
+    "resolve_class",
+    "resolve_target",
+]
+
+
+# --- configuration -------------------------------------------------------
+
+
+class UsageError(Exception):
+    """Bad arguments, topics or env file: exit status 2, with the message."""
+
+
+_ENV_LINE = re.compile(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)")
+
+
+def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The variables of an env file: ``KEY=VALUE`` lines.
+
+    Blank lines and lines starting with ``#`` are skipped; a line may start
+    with ``export``; a value in single or double quotes is taken literally
+    between them (no escapes, no variable expansion) and may be followed by
+    a comment; an unquoted value ends at `` #`` and is stripped. Raises
+    :class:`UsageError`, naming the file and line, for anything else.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        msg = f"cannot read env file {os.fspath(path)!r}: {error}"
+        raise UsageError(msg) from error
+    variables: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        match = _ENV_LINE.fullmatch(stripped)
+        value = _parse_env_value(match.group(2)) if match else None
+        if match is None or value is None:
+            msg = f"{os.fspath(path)}:{number}: expected KEY=VALUE, not {line!r}"
+            raise UsageError(msg)
+        variables[match.group(1)] = value
+    return variables
+
+
+def _parse_env_value(raw: str) -> str | None:
+    """The value of ``raw``, or None when its quotes do not close."""
+    if raw[:1] in ("'", '"'):
+        end = raw.find(raw[0], 1)
+        rest = raw[end + 1 :].strip() if end > 0 else ""
+        if end < 0 or (rest and not rest.startswith("#")):
+            return None
+        return raw[1:end]
+    return re.split(r"\s#", raw, maxsplit=1)[0].strip()
+
+
+def compose_env(
+    file_variables: Mapping[str, str], environ: Mapping[str, str]
+) -> dict[str, str]:
+    """The ``env`` argument for applications and runners.
+
+    They lay ``env`` over the process environment, so only the file's
+    variables that the process environment lacks are passed: the process
+    environment wins.
+    """
+    return {k: v for k, v in file_variables.items() if k not in environ}
+
+
+# --- topics --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """The classes that ``--app``, ``--projection`` and ``--view`` name."""
+
+    application_class: type[Application[Any]]
+    projection_class: type[Projection[Any]] | type[EventSourcedProjection[Any]]
+    view_class: type[TrackingRecorder] | None
+
+
+def resolve_class(
+    topic: str, base: type[Any] | tuple[type[Any], ...], option: str
+) -> type[Any]:
+    """The class named by ``topic`` (``module:Class``), a subclass of ``base``.
+
+    Raises :class:`UsageError` naming the option and the topic when the
+    topic is malformed, cannot be imported or names something else.
+    """
+    module, _, attribute = topic.partition(":")
+    if not module or not attribute:
+        msg = f"{option} {topic!r}: expected a topic 'package.module:Class'"
+        raise UsageError(msg)
+    try:
+        obj = resolve_topic(topic)
+    except TopicError as error:
+        # The cause says what is missing without repeating the topic.
+        msg = f"{option}: cannot import {topic!r}: {error.__cause__ or error}"
+        raise UsageError(msg) from error
+    except Exception as error:
+        # Importing runs the module: it may fail in any way.
+        msg = f"{option}: importing {topic!r} failed: {type(error).__name__}: {error}"
+        raise UsageError(msg) from error
+    if not (isinstance(obj, type) and issubclass(obj, base)):
+        bases = base if isinstance(base, tuple) else (base,)
+        names = " or ".join(f"{b.__module__}.{b.__qualname__}" for b in bases)
+        msg = f"{option} {topic!r} is {obj!r}, not a subclass of {names}"
+        raise UsageError(msg)
+    return obj
+
+
+def resolve_target(args: argparse.Namespace) -> Target:
+    """The classes named by the parsed arguments; :class:`UsageError` if bad."""
+    application_class = resolve_class(args.app, Application, "--app")
+    projection_class = resolve_class(
+        args.projection, (Projection, EventSourcedProjection), "--projection"
+    )
+    view_class = None
+    if issubclass(projection_class, EventSourcedProjection):
+        if args.view is not None:
+            msg = (
+                f"--view: {args.projection!r} is an event-sourced projection, "
+                "which records into its own application recorder: omit --view"
+            )
+            raise UsageError(msg)
+    elif args.view is None:
+        msg = f"--view is required for the projection {args.projection!r}"
+        raise UsageError(msg)
+    else:
+        view_class = resolve_class(args.view, TrackingRecorder, "--view")
+    return Target(application_class, projection_class, view_class)
+
+
+@dataclass(frozen=True)
+class RunnerParts:
+    """A runner and what the CLI reads beside it."""
+
+    runner: BaseProjectionRunner[Any]
+    recorder: TrackingRecorder
+    """Where the projection records its positions: the view, or the
+    event-sourced projection's process recorder."""
+    topics: tuple[str, ...]
+    projection_name: str
+
+
+def construct_runner(target: Target, env: Mapping[str, str]) -> RunnerParts:
+    """A runner for ``target``, not started: no IO yet."""
+    projection_class = target.projection_class
+    if issubclass(projection_class, EventSourcedProjection):
+        es_runner = EventSourcedProjectionRunner[Any, Any](
+            application_class=target.application_class,
+            projection_class=projection_class,
+            env=env,
+        )
+        es_projection = es_runner.projection
+        return RunnerParts(
+            es_runner,
+            es_projection.recorder,
+            tuple(es_projection.topics),
+            es_projection.name,
+        )
+    assert target.view_class is not None  # resolve_target() sees to it
+    runner = ProjectionRunner[Any, Any](
+        application_class=target.application_class,
+        projection_class=projection_class,
+        view_class=target.view_class,
+        env=env,
+    )
+    projection = runner.projection
+    return RunnerParts(runner, runner.view, tuple(projection.topics), projection.name)
