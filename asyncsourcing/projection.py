@@ -322,6 +322,7 @@ class BaseProjectionRunner(Generic[TApplication]):
     async def run_forever(self, timeout: float | None = None) -> None:
         """Process until ``timeout``, :meth:`stop` or an error, which is re-raised.
 
+        After :meth:`stop`, it returns once the event in hand is processed.
         A runner that was not started is started here and closed on return,
         so ``asyncio.run(runner.run_forever())`` releases everything.
         """
@@ -330,6 +331,8 @@ class BaseProjectionRunner(Generic[TApplication]):
             await self.start()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout)
+            if self._stopping.is_set() and self._task is not None:
+                await asyncio.shield(self._task)
             self._raise_error()
         finally:
             if owns_lifetime:

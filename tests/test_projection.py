@@ -114,6 +114,26 @@ async def test_stop_ends_run_forever_and_wait() -> None:
         assert not runner.is_running
 
 
+async def test_run_forever_returns_after_the_event_in_hand_after_stop() -> None:
+    class Slow(EventCountersProjection):
+        async def process_event(self, domain_event: Any, tracking: Tracking) -> None:
+            runner.stop()
+            await asyncio.sleep(0.05)
+            await super().process_event(domain_event, tracking)
+
+    runner: ProjectionRunner[Any, Any] = ProjectionRunner(
+        application_class=Application[UUID],
+        projection_class=Slow,
+        view_class=POPOEventCounters,
+    )
+    async with runner:
+        recordings = await runner.app.save(new_aggregate())
+        await runner.run_forever()
+        position = recordings[-1].notification.id
+        assert await runner.projection.view.max_tracking_id("Application") == position
+        assert not runner.is_running
+
+
 async def test_exit_leaves_no_tasks_behind() -> None:
     before = background_tasks()
     async with runner_of() as runner:
