@@ -1,0 +1,124 @@
+"""Command line: ``python -m benchmarks [--quick | --smoke] [--scenario NAME] ...``."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks import progress
+from benchmarks.config import BACKENDS
+from benchmarks.report import (
+    markdown_table,
+    plot_latency,
+    plot_memory,
+    results_markdown,
+)
+from benchmarks.runner import BenchmarkError, Report, run
+from benchmarks.scenarios import SCENARIOS
+
+__all__ = ["main", "parse_args"]
+
+HERE = Path(__file__).resolve().parent
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=(
+            "Benchmark asyncsourcing against eventsourcing 9.5 and print a "
+            "markdown table. A full run (no --quick/--smoke/--scenario/--backend) "
+            "also writes benchmarks/RESULTS.md and the plots."
+        ),
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument(
+        "--quick", action="store_true", help="reduced sizes, under 3 minutes"
+    )
+    size.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes, in-memory and SQLite only (no server), under 20 s",
+    )
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=list(SCENARIOS),
+        metavar="NAME",
+        help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}",
+    )
+    parser.add_argument(
+        "--backend",
+        action="append",
+        choices=list(BACKENDS),
+        help="run only on this backend (repeatable)",
+    )
+    parser.add_argument(
+        "--repetitions", type=int, help="override the profile's repetitions"
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="write RESULTS.md and the plots to this file's folder, whatever the run",
+    )
+    parser.add_argument(
+        "--no-results",
+        action="store_true",
+        help="do not write RESULTS.md and the plots, even for a full run",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="stop at the first failing trial"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return parser.parse_args(argv)
+
+
+def _write_results(report: Report, path: Path, command: str) -> None:
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    plots: list[str] = []
+    latency = folder / "latency.png"
+    if plot_latency(report, latency):
+        plots.append(str(latency))
+    memory = folder / "memory.png"
+    if plot_memory(report, memory):
+        plots.append(str(memory))
+    path.write_text(results_markdown(report, command, plots))
+    progress.log(f"wrote {path}" + "".join(f", {p}" for p in plots))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    progress.quiet = args.quiet
+    progress.reset_clock()
+    profile = "quick" if args.quick else "smoke" if args.smoke else "full"
+    try:
+        report = run(
+            profile,
+            scenarios=args.scenario,
+            backends=args.backend,
+            repetitions=args.repetitions,
+            strict=args.strict,
+        )
+    except BenchmarkError as error:
+        print(f"benchmark failed: {error}", file=sys.stderr)
+        return 1
+    print(markdown_table(report))
+    if report.errors:
+        print("\nFailures:", *report.errors, sep="\n- ")
+    if report.skipped:
+        print("\nSkipped:", *report.skipped, sep="\n- ")
+    full_run = (
+        profile == "full"
+        and not args.scenario
+        and not args.backend
+        and args.repetitions is None
+    )
+    if args.results is not None or (full_run and not args.no_results):
+        given = list(argv) if argv is not None else sys.argv[1:]
+        words = ["python", "-m", "benchmarks", *given]
+        command = shlex.join(words)
+        _write_results(report, args.results or HERE / "RESULTS.md", command)
+    return 0 if report.ok else 1
