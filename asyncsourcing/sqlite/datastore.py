@@ -345,6 +345,28 @@ class SQLiteDatastore:
         async with self._transaction(commit=commit) as connection:
             yield connection
 
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The writer connection outside any transaction.
+
+        Each statement is a transaction of its own, which takes the write
+        lock and commits when the statement ends: one statement, one trip to
+        the connection's thread. Errors come out as in :meth:`transaction`.
+        """
+        if self._enclosing_transaction() is not None:
+            msg = f"autocommit() inside a transaction of its task on {self!r}"
+            raise ProgrammingError(msg)
+        if self._table_creators:
+            await self.create_tables()
+        async with self._connection(writer=True) as connection:
+            try:
+                yield connection
+            except BaseException as error:
+                translated = self._translate(error)
+                if translated is error:
+                    raise
+                raise translated from error
+
     def in_transaction(self) -> bool:
         """True when the current task has a transaction open on this datastore."""
         return self._enclosing_transaction() is not None
