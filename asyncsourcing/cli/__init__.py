@@ -33,9 +33,9 @@ import asyncio
 import os
 import sys
 from collections.abc import Coroutine
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from asyncsourcing import __version__
 from asyncsourcing.cli.commands import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -56,13 +56,6 @@ from asyncsourcing.cli.progress import (
 )
 
 __all__ = ["build_parser", "main"]
-
-
-def _package_version() -> str:
-    try:
-        return version("asyncsourcing")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _positive_float(text: str) -> float:
@@ -88,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
-        "--version", action="version", version=f"%(prog)s {_package_version()}"
+        "--version", action="version", version=f"%(prog)s {__version__}"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
