@@ -1,4 +1,6 @@
-"""Adaptive batching: catching up in few transactions, with the same effect."""
+"""Adaptive batching: catching up in few transactions, with the same effect.
+
+On SQLite and PostgreSQL; the in-memory backend does not batch."""
 
 from __future__ import annotations
 
@@ -12,15 +14,19 @@ import pytest
 from asyncsourcing.application import Application
 from asyncsourcing.domain import Aggregate
 from asyncsourcing.projection import ProjectionRunner
+from examples.eventcounters.postgres import PostgresEventCounters
 from examples.eventcounters.projection import (
     EventCountersProjection,
     SpannerThrown,
     SpannerThrownError,
 )
 from examples.eventcounters.sqlite import SQLiteEventCounters
+from tests.test_postgres_support import factory_env, pg_schema
+
+__all__ = ["pg_schema"]  # A fixture, for the Postgres runs.
 
 
-class CountingBatches(SQLiteEventCounters):
+class SQLiteCountingBatches(SQLiteEventCounters):
     """Counts the batch transactions the runner opens."""
 
     batches = 0
@@ -30,21 +36,41 @@ class CountingBatches(SQLiteEventCounters):
         return super().batch_transaction()
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    CountingBatches.batches = 0
-    return {
-        "PERSISTENCE_MODULE": "asyncsourcing.sqlite",
-        "SQLITE_DBNAME": str(tmp_path / "app.sqlite"),
-        "EVENTCOUNTERS_SQLITE_DBNAME": str(tmp_path / "view.sqlite"),
-    }
+class PostgresCountingBatches(PostgresEventCounters):
+    batches = 0
+
+    def batch_transaction(self) -> AbstractAsyncContextManager[object]:
+        type(self).batches += 1
+        return super().batch_transaction()
 
 
-def runner_of(env: dict[str, str]) -> ProjectionRunner[Any, Any]:
+CountingBatches = SQLiteCountingBatches | PostgresCountingBatches
+Backend = tuple[dict[str, str], type[CountingBatches]]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """The environment of an application and its view, and the view's class."""
+    if request.param == "sqlite":
+        SQLiteCountingBatches.batches = 0
+        env = {
+            "PERSISTENCE_MODULE": "asyncsourcing.sqlite",
+            "SQLITE_DBNAME": str(tmp_path / "app.sqlite"),
+            "EVENTCOUNTERS_SQLITE_DBNAME": str(tmp_path / "view.sqlite"),
+        }
+        return env, SQLiteCountingBatches
+    PostgresCountingBatches.batches = 0
+    schema = request.getfixturevalue("pg_schema")
+    postgres_env = request.getfixturevalue("postgres_env")
+    return factory_env(postgres_env, schema), PostgresCountingBatches
+
+
+def runner_of(backend: Backend) -> ProjectionRunner[Any, Any]:
+    env, view_class = backend
     return ProjectionRunner(
         application_class=Application[UUID],
         projection_class=EventCountersProjection,
-        view_class=CountingBatches,
+        view_class=view_class,
         env=env,
     )
 
@@ -64,51 +90,53 @@ def aggregate_with(*event_classes: type[Aggregate.Event]) -> Aggregate:
 
 
 async def test_catching_up_commits_in_batches_and_counts_once(
-    env: dict[str, str],
+    backend: Backend,
 ) -> None:
+    env, view_class = backend
     aggregates = [aggregate_with(Aggregate.Event) for _ in range(600)]
     last = await record(env, *aggregates)
     assert last == 1200
 
-    async with runner_of(env) as runner:
+    async with runner_of(backend) as runner:
         view = runner.projection.view
         await view.wait(runner.app.name, last, timeout=30)
         assert await view.get_created_event_counter() == 600
         assert await view.get_subsequent_event_counter() == 600
         # 1,200 events in batches of at most 500 (as read), not 1,200 commits.
-        assert 3 <= CountingBatches.batches <= 6
+        assert 3 <= view_class.batches <= 6
 
         # Live events come one at a time: no batch transaction for them.
-        batches = CountingBatches.batches
+        batches = view_class.batches
         recordings = await runner.app.save(aggregate_with())
         await view.wait(runner.app.name, recordings[-1].notification.id)
-        assert CountingBatches.batches == batches
+        assert view_class.batches == batches
         assert await view.get_created_event_counter() == 601
 
 
 async def test_failing_batch_commits_the_good_prefix_and_raises(
-    env: dict[str, str],
+    backend: Backend,
 ) -> None:
+    env, view_class = backend
     good = [aggregate_with(Aggregate.Event) for _ in range(10)]
     await record(env, *good)
     spanner = await record(env, aggregate_with(SpannerThrown))
     await record(env, *(aggregate_with() for _ in range(10)))
 
-    runner = runner_of(env)
     with pytest.raises(SpannerThrownError):
-        await runner.run_forever(timeout=10)
-    assert CountingBatches.batches == 1  # Tried as a batch, then one at a time.
+        await runner_of(backend).run_forever(timeout=10)
+    assert view_class.batches == 1  # Tried as a batch, then one at a time.
 
     # Exactly the events before the failing one were counted, once each.
-    view = runner_of(env).projection.view
+    runner = runner_of(backend)
+    view = runner.projection.view
     try:
         assert await view.max_tracking_id("Application") == spanner - 1
         # The spanner's aggregate was created before it threw the spanner.
         assert await view.get_created_event_counter() == 11
         assert await view.get_subsequent_event_counter() == 10
     finally:
-        await view.datastore.close()
+        await runner.aclose()
 
     # Run again: it resumes at the failing event and fails the same way.
     with pytest.raises(SpannerThrownError):
-        await runner_of(env).run_forever(timeout=10)
+        await runner_of(backend).run_forever(timeout=10)
