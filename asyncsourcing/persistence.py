@@ -14,6 +14,8 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
 from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 from uuid import UUID
@@ -61,6 +63,7 @@ __all__ = [
     "NotSupportedError",
     "Notification",
     "OperationalError",
+    "ParkedEvent",
     "PersistenceError",
     "ProcessRecorder",
     "ProgrammingError",
@@ -71,6 +74,7 @@ __all__ = [
     "Tracking",
     "TrackingRecorder",
     "WaitInterruptedError",
+    "parked_table_name",
 ]
 
 
@@ -147,6 +151,35 @@ class ApplicationRecorder(AggregateRecorder):
         """
 
 
+@dataclass(frozen=True)
+class ParkedEvent:
+    """A notification that a projection could not process, kept with its error.
+
+    ``state`` is the notification's stored state (as recorded: compressed or
+    encrypted if the application's mapper does so).
+    """
+
+    application_name: str
+    notification_id: int
+    topic: str
+    state: bytes
+    error: str
+    parked_at: datetime
+
+
+def parked_table_name(tracking_table_name: str) -> str:
+    """The dead-letter table beside ``tracking_table_name``.
+
+    ``x_tracking`` gives ``x_parked``, ``tracking`` gives ``parked``, and
+    another name gets ``_parked`` appended.
+    """
+    if tracking_table_name == "tracking":
+        return "parked"
+    if tracking_table_name.endswith("_tracking"):
+        return tracking_table_name.removesuffix("_tracking") + "_parked"
+    return tracking_table_name + "_parked"
+
+
 class TrackingRecorder(Recorder, ABC):
     """Records the positions of processed events, atomically with a view's update.
 
@@ -206,6 +239,25 @@ class TrackingRecorder(Recorder, ABC):
     def _construct_position_board(self) -> PositionBoard:
         """Backends override this to share a board or to listen across processes."""
         return PositionBoard(self.max_tracking_id)
+
+    async def park(
+        self, tracking: Tracking, topic: str, state: bytes, error: str
+    ) -> None:
+        """Record a notification that could not be processed, with ``tracking``.
+
+        The dead letter and the tracking are recorded atomically (raising
+        :class:`IntegrityError`, recording neither, when the position is not
+        ahead), so the notification is not processed again. Backends keep
+        dead letters in a table named by :func:`parked_table_name`, made on
+        first use.
+        """
+        msg = f"{type(self).__qualname__} cannot park events"
+        raise NotImplementedError(msg)
+
+    async def parked(self, application_name: str) -> list[ParkedEvent]:
+        """The parked notifications of ``application_name``, in order of id."""
+        msg = f"{type(self).__qualname__} cannot park events"
+        raise NotImplementedError(msg)
 
     def batch_transaction(self) -> AbstractAsyncContextManager[object] | None:
         """A transaction that the recorder's own transactions join, or None.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -21,6 +22,7 @@ from asyncsourcing.persistence import (
     InfrastructureFactory,
     IntegrityError,
     Notification,
+    ParkedEvent,
     ProcessRecorder,
     StoredEvent,
     Subscription,
@@ -177,6 +179,7 @@ class POPOTrackingRecorder(POPORecorder, TrackingRecorder):
     def __init__(self) -> None:
         super().__init__()
         self._max_tracking_ids: dict[str, int] = {}
+        self._parked: list[ParkedEvent] = []
 
     def _assert_tracking_uniqueness(self, tracking: Tracking) -> None:
         max_tracking_id = self._max_tracking_ids.get(tracking.application_name)
@@ -199,6 +202,26 @@ class POPOTrackingRecorder(POPORecorder, TrackingRecorder):
 
     async def max_tracking_id(self, application_name: str) -> int | None:
         return self._max_tracking_ids.get(application_name)
+
+    async def park(
+        self, tracking: Tracking, topic: str, state: bytes, error: str
+    ) -> None:
+        async with self._database_lock:
+            self._assert_tracking_uniqueness(tracking)
+            self._parked.append(
+                ParkedEvent(
+                    tracking.application_name,
+                    tracking.notification_id,
+                    topic,
+                    state,
+                    error,
+                    datetime.now(UTC),
+                )
+            )
+            self._insert_tracking(tracking)
+
+    async def parked(self, application_name: str) -> list[ParkedEvent]:
+        return [p for p in self._parked if p.application_name == application_name]
 
 
 class POPOProcessRecorder(

@@ -22,10 +22,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import traceback
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar, cast
+from typing import Any, ClassVar, Generic, Self, TypeVar, cast
 
 from eventsourcing.application import ProcessingEvent
 from eventsourcing.domain import DomainEventProtocol, TAggregateID
@@ -35,22 +36,38 @@ from eventsourcing.utils import Environment, EnvType, TopicError
 from asyncsourcing.application import Application
 from asyncsourcing.persistence import (
     InfrastructureFactory,
+    InterfaceError,
     Mapper,
     Notification,
+    OperationalError,
+    ParkedEvent,
+    PersistenceError,
     ProcessRecorder,
     Subscription,
     Tracking,
     TrackingRecorder,
     WaitInterruptedError,
 )
+from asyncsourcing.policies import (
+    Backoff,
+    ErrorPolicy,
+    ErrorPolicyLike,
+    OnError,
+)
+from asyncsourcing.statistics import RunnerCounters, RunnerStatistics
 
 __all__ = [
     "ApplicationSubscription",
+    "Backoff",
     "BaseProjectionRunner",
+    "ErrorPolicy",
     "EventSourcedProjection",
     "EventSourcedProjectionRunner",
+    "OnError",
+    "ParkedEvent",
     "Projection",
     "ProjectionRunner",
+    "RunnerStatistics",
 ]
 
 logger = logging.getLogger(__name__)
@@ -117,20 +134,26 @@ class ApplicationSubscription(
         self, notification: Notification
     ) -> DomainEventProtocol[TAggregateID]:
         """The domain event of ``notification``; errors name the notification."""
-        try:
-            return self.mapper.to_domain_event(notification)
-        except TopicError as error:
-            msg = (
-                f"Cannot resolve topic {notification.topic!r} of notification "
-                f"{notification.id} from application '{self.name}': {error}"
-            )
-            raise TopicError(msg) from error
-        except MapperDeserialisationError as error:
-            msg = (
-                f"Cannot decode notification {notification.id} (topic "
-                f"{notification.topic!r}) from application '{self.name}': {error}"
-            )
-            raise MapperDeserialisationError(msg) from error
+        return _to_domain_event(self.mapper, self.name, notification)
+
+
+def _to_domain_event(
+    mapper: Mapper[TAggregateID], application_name: str, notification: Notification
+) -> DomainEventProtocol[TAggregateID]:
+    try:
+        return mapper.to_domain_event(notification)
+    except TopicError as error:
+        msg = (
+            f"Cannot resolve topic {notification.topic!r} of notification "
+            f"{notification.id} from application '{application_name}': {error}"
+        )
+        raise TopicError(msg) from error
+    except MapperDeserialisationError as error:
+        msg = (
+            f"Cannot decode notification {notification.id} (topic "
+            f"{notification.topic!r}) from application '{application_name}': {error}"
+        )
+        raise MapperDeserialisationError(msg) from error
 
 
 class Projection(ABC, Generic[TView]):
@@ -139,6 +162,28 @@ class Projection(ABC, Generic[TView]):
     Subclasses implement ``async def process_event(domain_event, tracking)``,
     typically with :func:`functools.singledispatchmethod`, calling command
     methods of :attr:`view` that record ``tracking`` atomically with their update.
+
+    When ``process_event()`` raises, the runner follows :attr:`error_policy`
+    (a runner's ``error_policy=`` argument overrides it):
+
+    * ``"stop"`` (the default): processing stops, ``run_forever()`` and
+      ``wait()`` raise the error; a new run starts again at that event.
+    * ``"retry"``: the event is processed again after growing delays
+      (:meth:`ErrorPolicy.retry` sets the delays, the number of attempts or
+      the time to try for, and what to do then: stop by default).
+    * ``"skip"``: the event's tracking is recorded (``view.insert_tracking``)
+      with no update, and the error is logged (``logger.error``, with the
+      notification id and topic): the event is never processed again.
+    * ``"park"``: the notification and the error are recorded in the view's
+      dead-letter table atomically with its tracking (``view.park()``; read
+      them with ``await view.parked(application_name)``), and logged.
+
+    Only the failing event is concerned: a catch-up batch that fails is
+    rolled back and replayed one event at a time, so the events around it
+    are processed exactly once. Database connection errors are not the
+    event's fault: they are never skipped or parked; the ``retry`` policy
+    (or ``ErrorPolicy(..., reconnect=...)``) reconnects and resumes from the
+    view's position, other policies stop with an :class:`OperationalError`.
     """
 
     name: str = ""
@@ -147,6 +192,10 @@ class Projection(ABC, Generic[TView]):
 
     topics: tuple[str, ...] = ()
     """Topics of the events to process, filtered in the database; all when empty."""
+
+    error_policy: ClassVar[ErrorPolicyLike] = "stop"
+    """What the runner does when :meth:`process_event` raises: "stop",
+    "retry", "skip", "park", or an :class:`ErrorPolicy`."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -171,9 +220,16 @@ class EventSourcedProjection(Application[TAggregateID], ABC):
 
     Its recorder is a process recorder: the events collected by :meth:`policy`
     are recorded atomically with the tracking of the processed event.
+
+    :attr:`error_policy` works as for :class:`Projection`; a skipped event
+    is recorded as an empty processing event (its tracking only), a parked
+    one in the process recorder's dead-letter table.
     """
 
     topics: Sequence[str] = ()
+
+    error_policy: ClassVar[ErrorPolicyLike] = "stop"
+    """What the runner does when :meth:`policy` raises: see :class:`Projection`."""
 
     recorder: ProcessRecorder
 
@@ -201,13 +257,28 @@ class EventSourcedProjection(Application[TAggregateID], ABC):
         never with :meth:`save`, so they are recorded with the tracking."""
 
 
+_CONNECTION_ERRORS = (OperationalError, InterfaceError)
+"""Errors of the database, not of the event: reconnect or stop, never skip."""
+
+
+class _StopRequestedError(Exception):
+    """:meth:`BaseProjectionRunner.stop` was called while an event was retried."""
+
+
 class BaseProjectionRunner(Generic[TApplication]):
     """Runs a projection of an application in a task of its own.
 
     While catching up, events already read are processed in batches of up
     to :attr:`max_batch_size` inside one view transaction (when the view's
     backend offers :meth:`~TrackingRecorder.batch_transaction`); live events
-    are processed one at a time.
+    are processed one at a time. A failing batch is rolled back and replayed
+    one event at a time; the runner's :attr:`error_policy` then applies to
+    the failing event (see :class:`Projection`), and what follows it is
+    batched again.
+
+    After a database connection error, a runner whose policy reconnects
+    resubscribes from the view's recorded position, backing off while the
+    database is unreachable: nothing is lost, nothing processed twice.
 
     Plain asyncio tasks, not an anyio task group: the runner is entered and
     exited in one place (``async with``) and awaited in another
@@ -225,10 +296,15 @@ class BaseProjectionRunner(Generic[TApplication]):
         tracking_recorder: TrackingRecorder,
         topics: Sequence[str],
         env: EnvType | None = None,
+        error_policy: ErrorPolicyLike | None = None,
     ) -> None:
+        self.error_policy: ErrorPolicy = ErrorPolicy.of(
+            projection.error_policy if error_policy is None else error_policy
+        )
         self.app: TApplication = application_class(env)
         self.app_name = self.app.name
         self._projection = projection
+        self._projection_name = projection.name
         self._tracking_recorder = tracking_recorder
         self._topics = tuple(topics)
         self._stopping = asyncio.Event()
@@ -238,6 +314,11 @@ class BaseProjectionRunner(Generic[TApplication]):
         self._error: BaseException | None = None
         self._is_started = False
         self._is_closed = False
+        self._counters = RunnerCounters()
+        # The failures in a row of reconnecting: (first failure's time, count).
+        self._reconnect_streak: tuple[float, int] | None = None
+        self._recovered_at = 0.0
+        self._processed_at_recovery = 0
 
     @staticmethod
     def _construct_env(name: str, env: EnvType | None = None) -> Environment:
@@ -266,20 +347,35 @@ class BaseProjectionRunner(Generic[TApplication]):
         )
         await subscription.__aenter__()
         self._subscription = subscription
+        self._counters.start(position)
         self._task = asyncio.create_task(
-            self._process_events(subscription), name=f"projection {self.app_name}"
+            self._run(), name=f"projection {self.app_name}"
         )
 
     async def _prepare(self) -> None:
         """Make the view ready (create its tables) before reading its position."""
 
-    async def _process_events(self, subscription: ApplicationSubscription[Any]) -> None:
+    async def _run(self) -> None:
         try:
-            async for item in subscription:
-                batch = [item, *subscription.take_ready(self.max_batch_size - 1)]
-                await self._process_batch(batch)
+            while True:
+                subscription = self._subscription
+                if subscription is None:  # pragma: no cover (set before the task)
+                    return
+                try:
+                    await self._follow(subscription)
+                except _CONNECTION_ERRORS as error:
+                    if not await self._reconnect(error):
+                        return
+                else:
+                    return
         except asyncio.CancelledError:
             raise
+        except _StopRequestedError:
+            logger.warning(
+                "Projection %r of application %r stopped while retrying an event",
+                self._projection_name,
+                self.app_name,
+            )
         except Exception as error:
             logger.exception(
                 "Projection %r of application %r stopped by an error",
@@ -290,27 +386,269 @@ class BaseProjectionRunner(Generic[TApplication]):
         finally:
             self._stopping.set()
 
-    async def _process_batch(self, batch: list[tuple[Any, Tracking]]) -> None:
+    async def _follow(self, subscription: ApplicationSubscription[Any]) -> None:
+        notifications = subscription.subscription
+        async for notification in notifications:
+            batch = [notification, *notifications.take_ready(self.max_batch_size - 1)]
+            await self._process_batch(batch)
+
+    async def _process_batch(self, batch: Sequence[Notification]) -> None:
         """Process ``batch`` in one transaction, or one event at a time.
 
         If the batch fails, its transaction rolls back and the events are
-        processed again one at a time: the good prefix is committed and the
-        error is raised at the failing event, as if there were no batch.
+        processed again one at a time: the good prefix is committed, the
+        error policy applies to the failing event, and the rest is tried as
+        a batch again (unless the policy stops the runner).
         """
+        start = 0
+        while start < len(batch):
+            if await self._process_in_one_transaction(batch[start:]):
+                return
+            for i in range(start, len(batch)):
+                if await self._process_one(batch[i]):
+                    start = i + 1  # The error is dealt with: batch the rest.
+                    break
+            else:
+                return
+
+    async def _process_in_one_transaction(self, batch: Sequence[Notification]) -> bool:
+        """True if ``batch`` was processed in a batch transaction."""
         transaction = None
         if len(batch) > 1:
             transaction = self._tracking_recorder.batch_transaction()
-        if transaction is not None:
+        if transaction is None:
+            return False
+        try:
+            async with transaction:
+                for notification in batch:
+                    await self._projection.process_event(
+                        self._decode(notification), self._tracking(notification)
+                    )
+        except _CONNECTION_ERRORS:
+            raise
+        except Exception:
+            logger.debug("Batch of %d events failed; one at a time", len(batch))
+            return False
+        self._counters.processed_up_to(batch[-1].id, len(batch))
+        return True
+
+    async def _process_one(self, notification: Notification) -> bool:
+        """Process one event under the error policy; True if it had an error."""
+        tracking = self._tracking(notification)
+        policy = self.error_policy
+        loop = asyncio.get_running_loop()
+        failures = 0
+        first_failure = 0.0
+        while True:
             try:
-                async with transaction:
-                    for domain_event, tracking in batch:
-                        await self._projection.process_event(domain_event, tracking)
-            except Exception:
-                logger.debug("Batch of %d events failed; one at a time", len(batch))
+                await self._projection.process_event(
+                    self._decode(notification), tracking
+                )
+            except _CONNECTION_ERRORS:
+                raise
+            except Exception as error:
+                self._counters.error(error)
+                failures += 1
+                action = policy.action
+                if action is OnError.RETRY:
+                    if failures == 1:
+                        first_failure = loop.time()
+                    delay = policy.backoff.delay(failures, loop.time() - first_failure)
+                    if delay is not None:
+                        self._counters.retries += 1
+                        logger.warning(
+                            "Projection %r of application %r failed on notification "
+                            "%d (topic %r), attempt %d: %r; retrying in %.2fs",
+                            self._projection_name,
+                            self.app_name,
+                            notification.id,
+                            notification.topic,
+                            failures,
+                            error,
+                            delay,
+                        )
+                        if await self._is_stopped_within(delay):
+                            raise _StopRequestedError from error
+                        continue
+                    action = policy.then
+                if action is OnError.SKIP:
+                    await self._skip(notification, tracking, error)
+                elif action is OnError.PARK:
+                    await self._park(notification, tracking, error)
+                else:
+                    raise
+                return True
             else:
-                return
-        for domain_event, tracking in batch:
-            await self._projection.process_event(domain_event, tracking)
+                self._counters.processed_up_to(notification.id)
+                return failures > 0
+
+    def _decode(self, notification: Notification) -> DomainEventProtocol[Any]:
+        return _to_domain_event(self.app.mapper, self.app_name, notification)
+
+    def _tracking(self, notification: Notification) -> Tracking:
+        return Tracking(self.app_name, notification.id)
+
+    async def _skip(
+        self, notification: Notification, tracking: Tracking, error: Exception
+    ) -> None:
+        await self._record_skipped(tracking)
+        self._counters.skipped += 1
+        self._counters.processed_up_to(notification.id)
+        logger.error(
+            "Projection %r of application %r skipped notification %d (topic %r) "
+            "after an error: %r",
+            self._projection_name,
+            self.app_name,
+            notification.id,
+            notification.topic,
+            error,
+            exc_info=error,
+        )
+
+    async def _record_skipped(self, tracking: Tracking) -> None:
+        """Record ``tracking`` with no update of the view."""
+        await self._tracking_recorder.insert_tracking(tracking)
+
+    async def _park(
+        self, notification: Notification, tracking: Tracking, error: Exception
+    ) -> None:
+        error_text = "".join(traceback.format_exception(error)).rstrip()
+        await self._tracking_recorder.park(
+            tracking, notification.topic, notification.state, error_text
+        )
+        self._counters.parked += 1
+        self._counters.processed_up_to(notification.id)
+        logger.error(
+            "Projection %r of application %r parked notification %d (topic %r) "
+            "after an error: %r",
+            self._projection_name,
+            self.app_name,
+            notification.id,
+            notification.topic,
+            error,
+            exc_info=error,
+        )
+
+    async def _reconnect(self, error: Exception) -> bool:
+        """Resubscribe after a connection error; False if stopped meanwhile.
+
+        Raises an :class:`OperationalError` when the policy does not
+        reconnect, or gives up.
+        """
+        self._counters.error(error)
+        backoff = self.error_policy.reconnect_backoff
+        if backoff is None:
+            msg = (
+                f"Projection {self._projection_name!r} of application "
+                f"{self.app_name!r} stopped by a database error "
+                f"({type(error).__name__}: {error}); error_policy='retry' (or "
+                "an ErrorPolicy with reconnect) would reconnect and carry on"
+            )
+            raise OperationalError(msg) from error
+        loop = asyncio.get_running_loop()
+        first_failure, failures = self._continued_streak(backoff, loop.time())
+        while True:
+            elapsed = loop.time() - first_failure
+            delay = backoff.delay(failures, elapsed)
+            if delay is None:
+                msg = (
+                    f"Projection {self._projection_name!r} of application "
+                    f"{self.app_name!r} gave up reconnecting after {failures} "
+                    f"failures in {elapsed:.1f}s: {type(error).__name__}: {error}"
+                )
+                raise OperationalError(msg) from error
+            self._reconnect_streak = (first_failure, failures)
+            logger.warning(
+                "Projection %r of application %r: database error (%s: %s); "
+                "resubscribing in %.2fs",
+                self._projection_name,
+                self.app_name,
+                type(error).__name__,
+                error,
+                delay,
+            )
+            if await self._is_stopped_within(delay):
+                return False
+            try:
+                await self._resubscribe()
+            except _CONNECTION_ERRORS as next_error:
+                self._counters.error(next_error)
+                error = next_error
+                failures += 1
+                continue
+            self._counters.reconnections += 1
+            self._recovered_at = loop.time()
+            self._processed_at_recovery = self._counters.processed
+            logger.info(
+                "Projection %r of application %r resubscribed at position %s",
+                self._projection_name,
+                self.app_name,
+                self._counters.position,
+            )
+            return True
+
+    def _continued_streak(self, backoff: Backoff, now: float) -> tuple[float, int]:
+        """The first failure's time and the count of failures, this one included.
+
+        A resubscription ends a streak of failures once an event is processed
+        after it, or once it has lasted ``max_delay`` seconds without error.
+        """
+        streak = self._reconnect_streak
+        if (
+            streak is None
+            or self._counters.processed != self._processed_at_recovery
+            or now - self._recovered_at > backoff.max_delay
+        ):
+            return now, 1
+        return streak[0], streak[1] + 1
+
+    async def _resubscribe(self) -> None:
+        """Subscribe again from the position recorded in the view."""
+        old, self._subscription = self._subscription, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.__aexit__(None, None, None)
+        position = await self._tracking_recorder.max_tracking_id(self.app_name)
+        subscription = ApplicationSubscription(
+            self.app, gt=position, topics=self._topics
+        )
+        self._subscription = subscription
+        await subscription.__aenter__()
+        if self._has_called_stop:
+            subscription.stop()
+        self._counters.position = position
+
+    async def _is_stopped_within(self, delay: float) -> bool:
+        """Sleep ``delay`` seconds, or less if :meth:`stop` is called: True then."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
+        return self._stopping.is_set()
+
+    async def statistics(self) -> RunnerStatistics:
+        """What the runner has done since it started (reads the application's
+        last notification id for :attr:`RunnerStatistics.lag`)."""
+        counters = self._counters
+        position = counters.position
+        lag: int | None = None
+        with contextlib.suppress(PersistenceError):
+            max_notification_id = await self.app.recorder.max_notification_id()
+            lag = max(0, (max_notification_id or 0) - (position or 0))
+        return RunnerStatistics(
+            application_name=self.app_name,
+            projection_name=self._projection_name,
+            is_running=self.is_running,
+            position=position,
+            lag=lag,
+            events_processed=counters.processed,
+            events_per_second=counters.events_per_second(),
+            retries=counters.retries,
+            skipped=counters.skipped,
+            parked=counters.parked,
+            reconnections=counters.reconnections,
+            last_error=counters.last_error,
+            last_error_at=counters.last_error_at,
+            started_at=counters.started_at,
+        )
 
     def stop(self) -> None:
         """Stop processing after the event in hand; :meth:`run_forever` returns."""
@@ -416,6 +754,7 @@ class ProjectionRunner(
         projection_class: type[Projection[TView]],
         view_class: type[TView],
         env: EnvType | None = None,
+        error_policy: ErrorPolicyLike | None = None,
     ) -> None:
         self.factory: InfrastructureFactory[TView] = InfrastructureFactory.construct(
             self._construct_env(projection_class.name, env)
@@ -428,6 +767,7 @@ class ProjectionRunner(
             tracking_recorder=self.view,
             topics=self.projection.topics,
             env=env,
+            error_policy=error_policy,
         )
 
     async def _prepare(self) -> None:
@@ -460,6 +800,7 @@ class EventSourcedProjectionRunner(
         application_class: type[TApplication],
         projection_class: type[TEventSourcedProjection],
         env: EnvType | None = None,
+        error_policy: ErrorPolicyLike | None = None,
     ) -> None:
         self.projection: TEventSourcedProjection = projection_class(
             env=self._construct_env(projection_class.name, env)
@@ -470,7 +811,12 @@ class EventSourcedProjectionRunner(
             tracking_recorder=cast("TrackingRecorder", self.projection.recorder),
             topics=self.projection.topics,
             env=env,
+            error_policy=error_policy,
         )
+
+    async def _record_skipped(self, tracking: Tracking) -> None:
+        """An empty processing event: the tracking, no new events."""
+        await self.projection._record(ProcessingEvent[Any](tracking=tracking))
 
     async def _close_projection(self) -> None:
         await self.projection.close()

@@ -17,6 +17,7 @@ import asyncio
 import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
@@ -37,10 +38,12 @@ from asyncsourcing.coalescing import WriteCoalescer
 from asyncsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
+    ParkedEvent,
     ProcessRecorder,
     Recorder,
     Subscription,
     TrackingRecorder,
+    parked_table_name,
 )
 from asyncsourcing.postgres.errors import is_connection_lost, translate_errors
 from asyncsourcing.postgres.identifiers import (
@@ -699,6 +702,55 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
             lambda conn: conn.fetchval(self.max_tracking_id_statement, application_name)
         )
         return result
+
+    @property
+    def parked_table_name(self) -> str:
+        """The dead-letter table of :meth:`park` (checked, unquoted)."""
+        name = parked_table_name(self.tracking_table_name)
+        self.check_identifier_length(name)
+        return name
+
+    async def park(
+        self, tracking: Tracking, topic: str, state: bytes, error: str
+    ) -> None:
+        table = self._qualified(self.parked_table_name)
+        async with self.datastore.transaction(commit=True) as conn:
+            # Made on first use: the tables of eventsourcing stay as they are.
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {table} ("
+                "application_name text, notification_id bigint, topic text, "
+                "state bytea, error text, parked_at timestamptz, "
+                "PRIMARY KEY (application_name, notification_id))"
+            )
+            await self._insert_tracking(conn, tracking)
+            await conn.execute(
+                f"INSERT INTO {table} (application_name, notification_id, topic, "
+                "state, error, parked_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                tracking.application_name,
+                tracking.notification_id,
+                topic,
+                state,
+                error,
+                datetime.now(UTC),
+            )
+
+    async def parked(self, application_name: str) -> list[ParkedEvent]:
+        table = self._qualified(self.parked_table_name)
+
+        async def query(conn: PostgresConnection) -> list[ParkedEvent]:
+            if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
+                return []
+            rows = await conn.fetch(
+                "SELECT application_name, notification_id, topic, state, error, "
+                f"parked_at FROM {table} WHERE application_name = $1 "
+                "ORDER BY notification_id",
+                application_name,
+            )
+            return [
+                ParkedEvent(r[0], r[1], r[2], bytes(r[3]), r[4], r[5]) for r in rows
+            ]
+
+        return await self._read(query)
 
     def _construct_position_board(self) -> PositionBoard:
         """The datastore's board of this table, shared with every recorder on it."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 from uuid import UUID
@@ -26,6 +27,7 @@ from asyncsourcing.persistence import (
     ApplicationRecorder,
     IntegrityError,
     Notification,
+    ParkedEvent,
     ProcessRecorder,
     ProgrammingError,
     Recorder,
@@ -33,6 +35,7 @@ from asyncsourcing.persistence import (
     Subscription,
     Tracking,
     TrackingRecorder,
+    parked_table_name,
 )
 from asyncsourcing.sqlite.datastore import SQLiteDatastore
 from asyncsourcing.sqlite.subscription import SQLiteSubscription
@@ -525,6 +528,68 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
         )
         position: int | None = rows[0][0]
         return position
+
+    @property
+    def parked_table_name(self) -> str:
+        """The dead-letter table of :meth:`park` (checked, unquoted)."""
+        name = parked_table_name(self.tracking_table_name)
+        self.check_identifier_length(name)
+        return name
+
+    async def park(
+        self, tracking: Tracking, topic: str, state: bytes, error: str
+    ) -> None:
+        table = quote(self.parked_table_name)
+        async with self.datastore.transaction(commit=True) as connection:
+            # Made on first use: the tables of eventsourcing stay as they are.
+            await connection.execute(
+                f"CREATE TABLE IF NOT EXISTS {table} ("
+                "application_name TEXT, notification_id INTEGER, topic TEXT, "
+                "state BLOB, error TEXT, parked_at TEXT, "
+                "PRIMARY KEY (application_name, notification_id))"
+            )
+            await self._insert_tracking(connection, tracking)
+            await connection.execute(
+                f"INSERT INTO {table} (application_name, notification_id, topic, "
+                "state, error, parked_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    tracking.application_name,
+                    tracking.notification_id,
+                    topic,
+                    state,
+                    error,
+                    datetime.now(UTC).isoformat(),
+                ),
+            )
+
+    async def parked(self, application_name: str) -> list[ParkedEvent]:
+        name = self.parked_table_name
+        async with self.datastore.transaction(commit=False) as connection:
+            exists = list(
+                await connection.execute_fetchall(
+                    "SELECT 1 FROM sqlite_master WHERE type = ? AND name = ?",
+                    ("table", name),
+                )
+            )
+            if not exists:
+                return []
+            rows = await connection.execute_fetchall(
+                "SELECT application_name, notification_id, topic, state, error, "
+                f"parked_at FROM {quote(name)} WHERE application_name = ? "
+                "ORDER BY notification_id",
+                (application_name,),
+            )
+        return [
+            ParkedEvent(
+                row[0],
+                row[1],
+                row[2],
+                bytes(row[3]),
+                row[4],
+                datetime.fromisoformat(row[5]),
+            )
+            for row in rows
+        ]
 
     def _construct_position_board(self) -> PositionBoard:
         # Shared by the recorders of every datastore of the process on this

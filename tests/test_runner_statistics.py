@@ -1,0 +1,128 @@
+"""runner.statistics(): position, lag, counts, rate, last error, running state."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from asyncsourcing.application import Application
+from asyncsourcing.domain import Aggregate
+from asyncsourcing.persistence import Tracking
+from asyncsourcing.projection import (
+    EventSourcedProjectionRunner,
+    RunnerStatistics,
+)
+from examples.eventcounters.projection import (
+    EventCountersProjection,
+    SpannerThrown,
+    SpannerThrownError,
+)
+from tests.test_error_policies import Backend, Copies, aggregate_with, backend
+from tests.test_postgres_support import pg_schema
+
+# Fixtures used here, imported from other modules.
+__all__ = ["backend", "pg_schema"]
+
+
+async def test_statistics_before_start_while_running_and_after_close(
+    backend: Backend,
+) -> None:
+    runner = backend.runner()
+    before = await runner.statistics()
+    assert isinstance(before, RunnerStatistics)
+    assert before.application_name == "Application"
+    assert before.projection_name == "eventcounters"
+    assert not before.is_running
+    assert before.position is None
+    assert before.lag == 0
+    assert before.events_processed == 0
+    assert before.events_per_second == 0.0
+    assert before.last_error is None
+    assert before.started_at is None
+
+    await runner.app.save(*(aggregate_with(Aggregate.Event) for _ in range(5)))
+    assert (await runner.statistics()).lag == 10
+    async with runner:
+        recordings = await runner.app.save(aggregate_with())
+        last = recordings[-1].notification.id
+        await runner.wait(last, timeout=10)
+        stats = await runner.statistics()
+        assert stats.is_running
+        assert stats.position == last == 11
+        assert stats.lag == 0
+        assert stats.events_processed == 11
+        assert stats.events_per_second > 0
+        assert (stats.retries, stats.skipped, stats.parked) == (0, 0, 0)
+        assert stats.reconnections == 0
+        assert stats.last_error is None
+        assert stats.last_error_at is None
+        assert stats.started_at is not None
+        assert stats.started_at <= datetime.now(UTC)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            stats.position = 3  # type: ignore[misc]
+    after = await runner.statistics()
+    assert not after.is_running
+    assert after.position == 11
+    assert after.events_processed == 11
+
+
+async def test_lag_counts_what_is_not_processed_yet() -> None:
+    gate = asyncio.Event()
+
+    class Gated(EventCountersProjection):
+        name = "eventcounters"
+
+        async def process_event(self, domain_event: Any, tracking: Tracking) -> None:
+            if tracking.notification_id > 2:
+                await gate.wait()
+            await super().process_event(domain_event, tracking)
+
+    runner = Backend("popo", {}).runner(projection_class=Gated)
+    async with runner:
+        await runner.app.save(aggregate_with(Aggregate.Event))
+        await runner.wait(2, timeout=5)
+        await runner.app.save(*(aggregate_with(Aggregate.Event) for _ in range(3)))
+        await asyncio.sleep(0.01)
+        stats = await runner.statistics()
+        assert (stats.position, stats.lag, stats.events_processed) == (2, 6, 2)
+        gate.set()
+        await runner.wait(8, timeout=5)
+        stats = await runner.statistics()
+        assert (stats.position, stats.lag, stats.events_processed) == (8, 0, 8)
+
+
+async def test_a_resumed_runner_counts_from_its_start(backend: Backend) -> None:
+    if backend.name == "popo":
+        pytest.skip("an in-memory view does not outlive its runner")
+    runner = backend.runner()
+    await runner.app.save(*(aggregate_with() for _ in range(4)))
+    await runner.run_forever(timeout=0.3)
+    runner = backend.runner()
+    async with runner:
+        stats = await runner.statistics()
+        assert (stats.position, stats.events_processed, stats.lag) == (4, 0, 0)
+        await runner.app.save(aggregate_with(SpannerThrown))
+        with pytest.raises(SpannerThrownError):
+            await runner.run_forever(timeout=5)
+        stats = await runner.statistics()
+        assert (stats.position, stats.events_processed, stats.lag) == (5, 1, 1)
+        assert stats.last_error is not None
+        assert stats.last_error_at is not None
+        assert not stats.is_running
+
+
+async def test_event_sourced_runner_statistics() -> None:
+    async with EventSourcedProjectionRunner(
+        application_class=Application[UUID], projection_class=Copies
+    ) as runner:
+        recordings = await runner.app.save(aggregate_with(Aggregate.Event))
+        await runner.wait(recordings[0].notification.id, timeout=5)
+        stats = await runner.statistics()
+        assert stats.projection_name == "Copies"
+        # Only the created event is one of its topics; the lag counts all.
+        assert (stats.position, stats.events_processed, stats.lag) == (1, 1, 1)
