@@ -4,14 +4,18 @@ A write that finds no other in flight goes at once, so a lone writer waits
 for nothing. Writes that arrive while one is in flight queue up, and the
 next of them to run takes the whole queue into one transaction: one table
 lock and one commit for many ``save()`` calls. A conflict in one of them
-fails only that one: the others are then recorded one at a time.
+fails only that one: the others are then recorded one at a time. A batch
+goes on when the task that leads it is cancelled: the other writes get its
+true outcome (a statement sent may be committed whatever the client does).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from asyncsourcing.persistence import IntegrityError, StoredEvent
 
@@ -42,6 +46,7 @@ class WriteCoalescer:
         self._insert = insert
         self._queue: list[_Write] = []
         self._lock = asyncio.Lock()
+        self._inflight: set[asyncio.Future[Any]] = set()
 
     async def write(self, stored_events: Sequence[StoredEvent]) -> Sequence[int]:
         """Record ``stored_events`` atomically, with any writes that queue meanwhile."""
@@ -49,9 +54,12 @@ class WriteCoalescer:
         self._queue.append(write)
         try:
             async with self._lock:
-                if not write.result.done():
+                if write in self._queue:  # Not yet taken by a batch: lead one.
                     batch, self._queue = self._queue, []
                     await self._run(batch)
+            # Taken by a batch (perhaps one whose leader was cancelled, and
+            # which goes on without it): its outcome.
+            return await asyncio.shield(write.result)
         except asyncio.CancelledError:
             if write in self._queue:
                 self._queue.remove(write)  # Not taken: nothing was written.
@@ -59,25 +67,20 @@ class WriteCoalescer:
                 # Taken by a batch: its outcome is no one's to retrieve.
                 write.result.add_done_callback(_discard_outcome)
             raise
-        return write.result.result()
 
     async def _run(self, batch: list[_Write]) -> None:
-        try:
-            results = await self._insert_batch([w.stored_events for w in batch])
-        except asyncio.CancelledError:
-            # The leader was cancelled, and the transaction rolled back: the
-            # others go first in the queue for the next leader.
-            self._queue[:0] = [w for w in batch if not w.result.done()]
-            raise
-        except Exception as error:
-            results = [error] * len(batch)
-        for write, result in zip(batch, results, strict=True):
-            if write.result.done():
-                continue
-            if isinstance(result, BaseException):
-                write.result.set_exception(result)
-            else:
-                write.result.set_result(result)
+        # The batch runs to its end even if the leader is cancelled: once a
+        # statement is sent, the server may commit it whatever the client
+        # does, so the other writes must be told its true outcome (retrying
+        # them would fail with IntegrityError events that were recorded).
+        inserting = asyncio.ensure_future(
+            self._insert_batch([w.stored_events for w in batch])
+        )
+        self._inflight.add(inserting)
+        inserting.add_done_callback(self._inflight.discard)
+        inserting.add_done_callback(lambda done: _deliver(batch, done))
+        with contextlib.suppress(Exception):  # Delivered to each write.
+            await asyncio.shield(inserting)
 
     async def _insert_batch(
         self, writes: list[Sequence[StoredEvent]]
@@ -101,6 +104,27 @@ class WriteCoalescer:
             return await self._insert(stored_events)
         except IntegrityError as error:
             return error
+
+
+def _deliver(
+    batch: list[_Write],
+    inserting: asyncio.Future[list[Sequence[int] | BaseException]],
+) -> None:
+    if inserting.cancelled():  # Only when the event loop is torn down.
+        for write in batch:
+            write.result.cancel()
+        return
+    error = inserting.exception()
+    results: list[Sequence[int] | BaseException] = (
+        [error] * len(batch) if error is not None else inserting.result()
+    )
+    for write, result in zip(batch, results, strict=True):
+        if write.result.done():
+            continue
+        if isinstance(result, BaseException):
+            write.result.set_exception(result)
+        else:
+            write.result.set_result(result)
 
 
 def _discard_outcome(future: asyncio.Future[Sequence[int]]) -> None:
