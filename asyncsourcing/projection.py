@@ -641,6 +641,7 @@ class BaseProjectionRunner(Generic[TApplication]):
             lag=lag,
             events_processed=counters.processed,
             events_per_second=counters.events_per_second(),
+            errors=counters.errors,
             retries=counters.retries,
             skipped=counters.skipped,
             parked=counters.parked,

@@ -26,6 +26,8 @@ class RunnerStatistics:
     """Events processed since start: updated the view, skipped or parked."""
     events_per_second: float
     """:attr:`events_processed` over the time since start."""
+    errors: int
+    """Errors met since start, handled (retried, skipped, parked) or not."""
     retries: int
     """Attempts to process an event again (the ``retry`` policy)."""
     skipped: int
@@ -46,6 +48,7 @@ class RunnerCounters:
         self._started_monotonic: float | None = None
         self.position: int | None = None
         self.processed = 0
+        self.errors = 0
         self.retries = 0
         self.skipped = 0
         self.parked = 0
@@ -63,6 +66,7 @@ class RunnerCounters:
         self.position = position
 
     def error(self, error: BaseException) -> None:
+        self.errors += 1
         self.last_error = repr(error)
         self.last_error_at = datetime.now(UTC)
 

@@ -1,0 +1,189 @@
+"""Projection runners' statistics as OpenTelemetry metrics.
+
+Optional: it needs the ``opentelemetry-api`` package (and, to export
+anything, an SDK configured by the application). Usage::
+
+    async with runner, RunnerMetrics(runner):
+        await runner.run_forever()
+
+While entered, :class:`RunnerMetrics` reads ``await runner.statistics()``
+every ``interval`` seconds (one read of the application's last notification
+id, for the lag) and reports the latest snapshot through observable
+instruments, with the attributes ``application`` and ``projection``:
+
+========================================  =========  ===========================
+instrument                                kind       value
+========================================  =========  ===========================
+``asyncsourcing.runner.position``         gauge      last processed notification id
+``asyncsourcing.runner.lag``              gauge      events not processed yet
+``asyncsourcing.runner.running``          gauge      1 while processing, else 0
+``asyncsourcing.runner.events``           counter    events processed
+``asyncsourcing.runner.errors``           counter    errors met
+``asyncsourcing.runner.retries``          counter    attempts again (``retry``)
+``asyncsourcing.runner.skipped``          counter    events skipped
+``asyncsourcing.runner.parked``           counter    events parked
+``asyncsourcing.runner.reconnections``    counter    resubscriptions after errors
+========================================  =========  ===========================
+
+Observable callbacks may run in an exporter's thread: they only read the
+cached snapshot, never the runner or the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from asyncsourcing.statistics import RunnerStatistics
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+    from asyncsourcing.projection import BaseProjectionRunner
+
+__all__ = ["RunnerMetrics"]
+
+logger = logging.getLogger(__name__)
+
+_GAUGES: dict[str, tuple[str, str, Callable[[RunnerStatistics], int | None]]] = {
+    "position": ("1", "The last notification id processed", lambda s: s.position),
+    "lag": ("{event}", "Events recorded but not processed yet", lambda s: s.lag),
+    "running": (
+        "1",
+        "1 while the runner processes events",
+        lambda s: int(s.is_running),
+    ),
+}
+_COUNTERS: dict[str, tuple[str, Callable[[RunnerStatistics], int]]] = {
+    "events": ("Events processed since start", lambda s: s.events_processed),
+    "errors": ("Errors met since start", lambda s: s.errors),
+    "retries": ("Attempts to process an event again", lambda s: s.retries),
+    "skipped": ("Events skipped after an error", lambda s: s.skipped),
+    "parked": ("Events parked after an error", lambda s: s.parked),
+    "reconnections": (
+        "Resubscriptions after database errors",
+        lambda s: s.reconnections,
+    ),
+}
+
+
+class _Instruments:
+    """One set of observable instruments per meter, reporting every active runner."""
+
+    def __init__(self, meter: Meter) -> None:
+        self.active: set[RunnerMetrics] = set()
+        for name, (unit, description, read) in _GAUGES.items():
+            meter.create_observable_gauge(
+                f"asyncsourcing.runner.{name}",
+                callbacks=[self._callback(read)],
+                unit=unit,
+                description=description,
+            )
+        for name, (description, read_count) in _COUNTERS.items():
+            meter.create_observable_counter(
+                f"asyncsourcing.runner.{name}",
+                callbacks=[self._callback(read_count)],
+                unit="{event}" if name in ("events", "skipped", "parked") else "1",
+                description=description,
+            )
+
+    def _callback(
+        self, read: Callable[[RunnerStatistics], int | None]
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        from opentelemetry.metrics import Observation
+
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            for metrics in list(self.active):
+                snapshot = metrics.snapshot
+                if snapshot is None:
+                    continue
+                value = read(snapshot)
+                if value is not None:
+                    yield Observation(value, metrics.attributes)
+
+        return observe
+
+
+_instruments: dict[int, tuple[Meter, _Instruments]] = {}
+
+
+def _instruments_of(meter: Meter) -> _Instruments:
+    # Keyed by identity, holding the meter so that its id is not reused.
+    entry = _instruments.get(id(meter))
+    if entry is None:
+        entry = _instruments[id(meter)] = (meter, _Instruments(meter))
+    return entry[1]
+
+
+class RunnerMetrics:
+    """Reports a runner's statistics as OpenTelemetry metrics while entered.
+
+    ``meter`` defaults to ``opentelemetry.metrics.get_meter("asyncsourcing")``;
+    ``interval`` is how often, in seconds, the statistics are read.
+    """
+
+    def __init__(
+        self,
+        runner: BaseProjectionRunner[Any],
+        *,
+        meter: Meter | None = None,
+        interval: float = 5.0,
+    ) -> None:
+        if not interval > 0:
+            msg = f"interval must be a number of seconds > 0, not {interval!r}"
+            raise ValueError(msg)
+        self.runner = runner
+        self.interval = interval
+        self.snapshot: RunnerStatistics | None = None
+        self.attributes: dict[str, str] = {}
+        self._meter = meter
+        self._instruments: _Instruments | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> RunnerStatistics:
+        """Read the runner's statistics now, for the next collection."""
+        self.snapshot = await self.runner.statistics()
+        self.attributes = {
+            "application": self.snapshot.application_name,
+            "projection": self.snapshot.projection_name,
+        }
+        return self.snapshot
+
+    async def __aenter__(self) -> Self:
+        try:
+            from opentelemetry import metrics
+        except ImportError as error:
+            msg = "RunnerMetrics needs the opentelemetry-api package"
+            raise RuntimeError(msg) from error
+        meter = self._meter or metrics.get_meter("asyncsourcing")
+        await self.refresh()
+        self._instruments = _instruments_of(meter)
+        self._instruments.active.add(self)
+        self._task = asyncio.create_task(self._refresh_forever())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        if self._instruments is not None:
+            self._instruments.active.discard(self)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.refresh()
+            except Exception:
+                # Metrics must not stop the service: the last snapshot stays.
+                logger.exception("Could not read the runner's statistics")
