@@ -85,7 +85,12 @@ def _write_results(report: Report, path: Path, command: str) -> None:
     memory = folder / "memory.png"
     if plot_memory(report, memory):
         plots.append(str(memory))
-    path.write_text(results_markdown(report, command, plots))
+    text = results_markdown(report, command, plots)
+    # Hand-written history (profiles, before/after figures) stays with the table.
+    notes = Path(__file__).with_name("NOTES.md")
+    if notes.exists():
+        text += "\n" + notes.read_text()
+    path.write_text(text)
     progress.log(f"wrote {path}" + "".join(f", {p}" for p in plots))
 
 
