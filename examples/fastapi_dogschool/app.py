@@ -21,18 +21,16 @@ shutdown; while the app serves, it is ``app.state.runner`` and its dog school
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Mapping
 from typing import Annotated, Any, TypeAlias
 from uuid import UUID
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field
-from starlette.applications import Starlette
 
 from asyncsourcing.application import AggregateNotFoundError
+from asyncsourcing.asgi import projection_lifespan
 from asyncsourcing.persistence import TrackingRecorder
 from asyncsourcing.projection import BaseProjectionRunner, ProjectionRunner
 from asyncsourcing.utils import Environment, resolve_topic
@@ -45,7 +43,6 @@ __all__ = [
     "DEFAULT_WAIT_TIMEOUT",
     "WAIT_TIMEOUT",
     "create_app",
-    "projection_lifespan",
     "wait_for_position",
 ]
 
@@ -57,37 +54,7 @@ DEFAULT_WAIT_TIMEOUT = 5.0
 DogSchoolRunner: TypeAlias = ProjectionRunner[DogSchool, CountersView]
 
 
-# Generic helpers (candidates for the library).
-
-
-def projection_lifespan(
-    make_runner: Callable[[], BaseProjectionRunner[Any]],
-) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
-    """A lifespan that runs a projection runner while a Starlette app serves.
-
-    At startup, constructs a new runner with ``make_runner()`` and enters it
-    (``async with runner``: subscribe and start processing); while the app
-    serves, the runner is ``app.state.runner`` and its application
-    ``app.state.application``. At shutdown, removes both from ``app.state``
-    (so late requests fail clearly) and closes the runner: it finishes the
-    event in hand, stops its task and closes its connections. A runner cannot
-    be restarted once closed, hence the factory: each start of the app gets a
-    runner of its own. An error that stopped the projection is re-raised at
-    shutdown, as ``ProjectionRunner.__aexit__`` does.
-    """
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with make_runner() as runner:
-            app.state.runner = runner
-            app.state.application = runner.app
-            try:
-                yield
-            finally:
-                del app.state.runner
-                del app.state.application
-
-    return lifespan
+# The HTTP face of view.wait().
 
 
 async def wait_for_position(
