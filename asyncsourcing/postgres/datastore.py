@@ -244,8 +244,16 @@ class PostgresDatastore:
         try:
             with translate_errors():
                 yield conn
+        except BaseException as error:
+            # A server's error (a conflict, say) or the caller's own leaves
+            # the connection ready for the next statement; a lost connection
+            # or an interrupted exchange may leave it mid-protocol, so it is
+            # not handed out again.
+            if isinstance(error.__cause__ or error, _BROKEN_CONNECTION_ERRORS):
+                conn.terminate()
+            raise
         finally:
-            # asyncpg shields the release, and resets or discards the connection.
+            # asyncpg shields the release, and discards a terminated connection.
             await pool.release(conn)
 
     async def _get_pool(self) -> asyncpg.Pool[asyncpg.Record]:
@@ -468,3 +476,14 @@ async def _close_pool(pool: asyncpg.Pool[asyncpg.Record]) -> None:
 
 async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
     """The pool's reset: nothing beyond asyncpg's rollback of an open transaction."""
+
+
+# What a connection may be left unusable by (the cause, for translated errors).
+_BROKEN_CONNECTION_ERRORS = (
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+    asyncio.CancelledError,
+)
