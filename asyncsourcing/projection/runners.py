@@ -1,20 +1,4 @@
-"""Projections: follow an application's sequence into a materialised view.
-
-A :class:`ProjectionRunner` subscribes to an application from the position
-its view last recorded, and awaits the projection's ``process_event()`` for
-each event, in a task of its own. Usage::
-
-    async with ProjectionRunner(
-        application_class=DogSchool,
-        projection_class=CountersProjection,
-        view_class=POPOCounters,
-    ) as runner:
-        recordings = await runner.app.save(dog)
-        view = runner.projection.view
-        await view.wait(runner.app.name, recordings[-1].notification.id)
-
-or, in a script, ``asyncio.run(runner.run_forever())``.
-"""
+"""Projection runners: a projection of an application, processed in a task."""
 
 from __future__ import annotations
 
@@ -23,27 +7,21 @@ import contextlib
 import logging
 import os
 import traceback
-from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, ClassVar, Generic, Self, TypeVar, cast
+from typing import Any, Generic, Self, TypeVar, cast
 
 from eventsourcing.application import ProcessingEvent
-from eventsourcing.domain import DomainEventProtocol, TAggregateID
-from eventsourcing.persistence import MapperDeserialisationError
-from eventsourcing.utils import Environment, EnvType, TopicError
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.utils import Environment, EnvType
 
 from asyncsourcing.application import Application
 from asyncsourcing.persistence import (
     InfrastructureFactory,
     InterfaceError,
-    Mapper,
     Notification,
     OperationalError,
-    ParkedEvent,
     PersistenceError,
-    ProcessRecorder,
-    Subscription,
     Tracking,
     TrackingRecorder,
     WaitInterruptedError,
@@ -54,207 +32,22 @@ from asyncsourcing.policies import (
     ErrorPolicyLike,
     OnError,
 )
+from asyncsourcing.projection.projections import (
+    EventSourcedProjection,
+    Projection,
+    TView,
+)
+from asyncsourcing.projection.subscription import (
+    ApplicationSubscription,
+    decode_notification,
+)
 from asyncsourcing.statistics import RunnerCounters, RunnerStatistics
 
-__all__ = [
-    "ApplicationSubscription",
-    "Backoff",
-    "BaseProjectionRunner",
-    "ErrorPolicy",
-    "EventSourcedProjection",
-    "EventSourcedProjectionRunner",
-    "OnError",
-    "ParkedEvent",
-    "Projection",
-    "ProjectionRunner",
-    "RunnerStatistics",
-]
+__all__ = ["BaseProjectionRunner", "EventSourcedProjectionRunner", "ProjectionRunner"]
 
 logger = logging.getLogger(__name__)
 
-TView = TypeVar("TView", bound=TrackingRecorder)
 TApplication = TypeVar("TApplication", bound=Application[Any])
-
-
-class ApplicationSubscription(
-    AsyncIterator[tuple[DomainEventProtocol[TAggregateID], Tracking]]
-):
-    """An application's domain events after ``gt``, each with its tracking.
-
-    Catches up with what is recorded, then waits for new events. ``topics``
-    filters the events in the database. Use with ``async with``.
-    """
-
-    def __init__(
-        self,
-        app: Application[TAggregateID],
-        gt: int | None = None,
-        topics: Sequence[str] = (),
-    ) -> None:
-        self.name = app.name
-        self.recorder = app.recorder
-        self.mapper: Mapper[TAggregateID] = app.mapper
-        self.subscription: Subscription[Any] = self.recorder.subscribe(
-            gt=gt, topics=topics
-        )
-
-    def stop(self) -> None:
-        """End the iteration."""
-        self.subscription.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.subscription.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        await self.subscription.__aexit__(exc_type, exc_val, exc_tb)
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> tuple[DomainEventProtocol[TAggregateID], Tracking]:
-        notification = await self.subscription.__anext__()
-        return self.to_domain_event(notification), Tracking(self.name, notification.id)
-
-    def take_ready(
-        self, limit: int
-    ) -> list[tuple[DomainEventProtocol[TAggregateID], Tracking]]:
-        """Up to ``limit`` events that are already read, without waiting."""
-        return [
-            (self.to_domain_event(n), Tracking(self.name, n.id))
-            for n in self.subscription.take_ready(limit)
-        ]
-
-    def to_domain_event(
-        self, notification: Notification
-    ) -> DomainEventProtocol[TAggregateID]:
-        """The domain event of ``notification``; errors name the notification."""
-        return _to_domain_event(self.mapper, self.name, notification)
-
-
-def _to_domain_event(
-    mapper: Mapper[TAggregateID], application_name: str, notification: Notification
-) -> DomainEventProtocol[TAggregateID]:
-    try:
-        return mapper.to_domain_event(notification)
-    except TopicError as error:
-        msg = (
-            f"Cannot resolve topic {notification.topic!r} of notification "
-            f"{notification.id} from application '{application_name}': {error}"
-        )
-        raise TopicError(msg) from error
-    except MapperDeserialisationError as error:
-        msg = (
-            f"Cannot decode notification {notification.id} (topic "
-            f"{notification.topic!r}) from application '{application_name}': {error}"
-        )
-        raise MapperDeserialisationError(msg) from error
-
-
-class Projection(ABC, Generic[TView]):
-    """How the events of an application update a materialised view.
-
-    Subclasses implement ``async def process_event(domain_event, tracking)``,
-    typically with :func:`functools.singledispatchmethod`, calling command
-    methods of :attr:`view` that record ``tracking`` atomically with their update.
-
-    When ``process_event()`` raises, the runner follows :attr:`error_policy`
-    (a runner's ``error_policy=`` argument overrides it):
-
-    * ``"stop"`` (the default): processing stops, ``run_forever()`` and
-      ``wait()`` raise the error; a new run starts again at that event.
-    * ``"retry"``: the event is processed again after growing delays
-      (:meth:`ErrorPolicy.retry` sets the delays, the number of attempts or
-      the time to try for, and what to do then: stop by default).
-    * ``"skip"``: the event's tracking is recorded (``view.insert_tracking``)
-      with no update, and the error is logged (``logger.error``, with the
-      notification id and topic): the event is never processed again.
-    * ``"park"``: the notification and the error are recorded in the view's
-      dead-letter table atomically with its tracking (``view.park()``; read
-      them with ``await view.parked(application_name)``), and logged.
-
-    Only the failing event is concerned: a catch-up batch that fails is
-    rolled back and replayed one event at a time, so the events around it
-    are processed exactly once. Database connection errors are not the
-    event's fault: they are never skipped or parked; the ``retry`` policy
-    (or ``ErrorPolicy(..., reconnect=...)``) reconnects and resumes from the
-    view's position, other policies stop with an :class:`OperationalError`.
-    """
-
-    name: str = ""
-    """Picks prefixed environment variables and names the view's tables;
-    defaults to the class name."""
-
-    topics: tuple[str, ...] = ()
-    """Topics of the events to process, filtered in the database; all when empty."""
-
-    error_policy: ClassVar[ErrorPolicyLike] = "stop"
-    """What the runner does when :meth:`process_event` raises: "stop",
-    "retry", "skip", "park", or an :class:`ErrorPolicy`."""
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "name" not in cls.__dict__:
-            cls.name = cls.__name__
-
-    def __init__(self, view: TView) -> None:
-        self._view = view
-
-    @property
-    def view(self) -> TView:
-        """The materialised view."""
-        return self._view
-
-    @abstractmethod
-    async def process_event(self, domain_event: Any, tracking: Tracking) -> None:
-        """Update the view with ``domain_event``, recording ``tracking`` with it."""
-
-
-class EventSourcedProjection(Application[TAggregateID], ABC):
-    """An application that processes another application's events into new events.
-
-    Its recorder is a process recorder: the events collected by :meth:`policy`
-    are recorded atomically with the tracking of the processed event.
-
-    :attr:`error_policy` works as for :class:`Projection`; a skipped event
-    is recorded as an empty processing event (its tracking only), a parked
-    one in the process recorder's dead-letter table.
-    """
-
-    topics: Sequence[str] = ()
-
-    error_policy: ClassVar[ErrorPolicyLike] = "stop"
-    """What the runner does when :meth:`policy` raises: see :class:`Projection`."""
-
-    recorder: ProcessRecorder
-
-    def construct_recorder(self) -> ProcessRecorder:
-        return self.factory.construct_process_recorder()
-
-    async def process_event(
-        self, domain_event: DomainEventProtocol[TAggregateID], tracking: Tracking
-    ) -> list[Any]:
-        """Run :meth:`policy` and record its new events with ``tracking``."""
-        processing_event = ProcessingEvent[TAggregateID](tracking=tracking)
-        await self.policy(domain_event, processing_event)
-        recordings = await self._record(processing_event)
-        await self._take_snapshots(processing_event)
-        self._notify(recordings)
-        return recordings
-
-    @abstractmethod
-    async def policy(
-        self,
-        domain_event: DomainEventProtocol[TAggregateID],
-        processing_event: ProcessingEvent[TAggregateID],
-    ) -> None:
-        """Collect new events on ``processing_event`` (``collect_events()``),
-        never with :meth:`save`, so they are recorded with the tracking."""
 
 
 _CONNECTION_ERRORS = (OperationalError, InterfaceError)
@@ -483,7 +276,7 @@ class BaseProjectionRunner(Generic[TApplication]):
                 return failures > 0
 
     def _decode(self, notification: Notification) -> DomainEventProtocol[Any]:
-        return _to_domain_event(self.app.mapper, self.app_name, notification)
+        return decode_notification(self.app.mapper, self.app_name, notification)
 
     def _tracking(self, notification: Notification) -> Tracking:
         return Tracking(self.app_name, notification.id)

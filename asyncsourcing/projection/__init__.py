@@ -1,0 +1,42 @@
+"""Projections: follow an application's sequence into a materialised view.
+
+A :class:`ProjectionRunner` subscribes to an application from the position
+its view last recorded, and awaits the projection's ``process_event()`` for
+each event, in a task of its own. Usage::
+
+    async with ProjectionRunner(
+        application_class=DogSchool,
+        projection_class=CountersProjection,
+        view_class=POPOCounters,
+    ) as runner:
+        recordings = await runner.app.save(dog)
+        view = runner.projection.view
+        await view.wait(runner.app.name, recordings[-1].notification.id)
+
+or, in a script, ``asyncio.run(runner.run_forever())``.
+"""
+
+from asyncsourcing.persistence import ParkedEvent
+from asyncsourcing.policies import Backoff, ErrorPolicy, OnError
+from asyncsourcing.projection.projections import EventSourcedProjection, Projection
+from asyncsourcing.projection.runners import (
+    BaseProjectionRunner,
+    EventSourcedProjectionRunner,
+    ProjectionRunner,
+)
+from asyncsourcing.projection.subscription import ApplicationSubscription
+from asyncsourcing.statistics import RunnerStatistics
+
+__all__ = [
+    "ApplicationSubscription",
+    "Backoff",
+    "BaseProjectionRunner",
+    "ErrorPolicy",
+    "EventSourcedProjection",
+    "EventSourcedProjectionRunner",
+    "OnError",
+    "ParkedEvent",
+    "Projection",
+    "ProjectionRunner",
+    "RunnerStatistics",
+]

@@ -1,0 +1,125 @@
+"""What projections are: how an application's events update a view."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar, Generic, TypeVar
+
+from eventsourcing.application import ProcessingEvent
+from eventsourcing.domain import DomainEventProtocol, TAggregateID
+
+from asyncsourcing.application import Application
+from asyncsourcing.persistence import (
+    ProcessRecorder,
+    Tracking,
+    TrackingRecorder,
+)
+from asyncsourcing.policies import (
+    ErrorPolicyLike,
+)
+
+__all__ = ["EventSourcedProjection", "Projection", "TView"]
+
+TView = TypeVar("TView", bound=TrackingRecorder)
+
+
+class Projection(ABC, Generic[TView]):
+    """How the events of an application update a materialised view.
+
+    Subclasses implement ``async def process_event(domain_event, tracking)``,
+    typically with :func:`functools.singledispatchmethod`, calling command
+    methods of :attr:`view` that record ``tracking`` atomically with their update.
+
+    When ``process_event()`` raises, the runner follows :attr:`error_policy`
+    (a runner's ``error_policy=`` argument overrides it):
+
+    * ``"stop"`` (the default): processing stops, ``run_forever()`` and
+      ``wait()`` raise the error; a new run starts again at that event.
+    * ``"retry"``: the event is processed again after growing delays
+      (:meth:`ErrorPolicy.retry` sets the delays, the number of attempts or
+      the time to try for, and what to do then: stop by default).
+    * ``"skip"``: the event's tracking is recorded (``view.insert_tracking``)
+      with no update, and the error is logged (``logger.error``, with the
+      notification id and topic): the event is never processed again.
+    * ``"park"``: the notification and the error are recorded in the view's
+      dead-letter table atomically with its tracking (``view.park()``; read
+      them with ``await view.parked(application_name)``), and logged.
+
+    Only the failing event is concerned: a catch-up batch that fails is
+    rolled back and replayed one event at a time, so the events around it
+    are processed exactly once. Database connection errors are not the
+    event's fault: they are never skipped or parked; the ``retry`` policy
+    (or ``ErrorPolicy(..., reconnect=...)``) reconnects and resumes from the
+    view's position, other policies stop with an :class:`OperationalError`.
+    """
+
+    name: str = ""
+    """Picks prefixed environment variables and names the view's tables;
+    defaults to the class name."""
+
+    topics: tuple[str, ...] = ()
+    """Topics of the events to process, filtered in the database; all when empty."""
+
+    error_policy: ClassVar[ErrorPolicyLike] = "stop"
+    """What the runner does when :meth:`process_event` raises: "stop",
+    "retry", "skip", "park", or an :class:`ErrorPolicy`."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = cls.__name__
+
+    def __init__(self, view: TView) -> None:
+        self._view = view
+
+    @property
+    def view(self) -> TView:
+        """The materialised view."""
+        return self._view
+
+    @abstractmethod
+    async def process_event(self, domain_event: Any, tracking: Tracking) -> None:
+        """Update the view with ``domain_event``, recording ``tracking`` with it."""
+
+
+class EventSourcedProjection(Application[TAggregateID], ABC):
+    """An application that processes another application's events into new events.
+
+    Its recorder is a process recorder: the events collected by :meth:`policy`
+    are recorded atomically with the tracking of the processed event.
+
+    :attr:`error_policy` works as for :class:`Projection`; a skipped event
+    is recorded as an empty processing event (its tracking only), a parked
+    one in the process recorder's dead-letter table.
+    """
+
+    topics: Sequence[str] = ()
+
+    error_policy: ClassVar[ErrorPolicyLike] = "stop"
+    """What the runner does when :meth:`policy` raises: see :class:`Projection`."""
+
+    recorder: ProcessRecorder
+
+    def construct_recorder(self) -> ProcessRecorder:
+        return self.factory.construct_process_recorder()
+
+    async def process_event(
+        self, domain_event: DomainEventProtocol[TAggregateID], tracking: Tracking
+    ) -> list[Any]:
+        """Run :meth:`policy` and record its new events with ``tracking``."""
+        processing_event = ProcessingEvent[TAggregateID](tracking=tracking)
+        await self.policy(domain_event, processing_event)
+        recordings = await self._record(processing_event)
+        await self._take_snapshots(processing_event)
+        self._notify(recordings)
+        return recordings
+
+    @abstractmethod
+    async def policy(
+        self,
+        domain_event: DomainEventProtocol[TAggregateID],
+        processing_event: ProcessingEvent[TAggregateID],
+    ) -> None:
+        """Collect new events on ``processing_event`` (``collect_events()``),
+        never with :meth:`save`, so they are recorded with the tracking."""
