@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 
 from asyncsourcing.postgres import PostgresDatastore, PostgresFactory, PostgresSettings
+from asyncsourcing.postgres.identifiers import quote_identifier
 
 __all__ = [
     "admin_connection",
@@ -26,8 +27,7 @@ __all__ = [
 ]
 
 
-def quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
+quote = quote_identifier
 
 
 @contextlib.asynccontextmanager

@@ -23,7 +23,7 @@ import sqlite3
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
-from typing import Literal, Self
+from typing import Literal, NoReturn, Self
 from urllib.parse import parse_qs, unquote
 
 import aiosqlite
@@ -362,10 +362,7 @@ class SQLiteDatastore:
             try:
                 yield connection
             except BaseException as error:
-                translated = self._translate(error)
-                if translated is error:
-                    raise
-                raise translated from error
+                self._raise_translated(error)
 
     def in_transaction(self) -> bool:
         """True when the current task has a transaction open on this datastore."""
@@ -394,10 +391,7 @@ class SQLiteDatastore:
                     await connection.rollback()
             except BaseException as error:
                 await self._abandon(connection)
-                translated = self._translate(error)
-                if translated is error:
-                    raise
-                raise translated from error
+                self._raise_translated(error)
             finally:
                 del self._after_commit[connection]
                 if task is not None:
@@ -421,6 +415,13 @@ class SQLiteDatastore:
             raise
         except Exception:
             self._broken.add(connection)
+
+    def _raise_translated(self, error: BaseException) -> NoReturn:
+        """Raise ``error`` as a PEP 249 error (with it as the cause), or as it is."""
+        translated = self._translate(error)
+        if translated is error:
+            raise error
+        raise translated from error
 
     def _translate(self, error: BaseException) -> BaseException:
         if isinstance(error, sqlite3.Error):
@@ -485,10 +486,7 @@ class SQLiteDatastore:
                 await self._use_wal_journal(connection)
         except BaseException as error:
             self._discard(connection)
-            translated = self._translate(error)
-            if translated is error:
-                raise
-            raise translated from error
+            self._raise_translated(error)
         if self._closed:
             self._discard(connection)
             raise self._closed_error()

@@ -6,11 +6,8 @@ from typing import Any
 
 from asyncsourcing.persistence import Tracking
 from asyncsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from asyncsourcing.postgres.identifiers import qualified
 from examples.dogschool.views import CountersView
-
-
-def quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
 
 
 class PostgresCounters(PostgresTrackingRecorder, CountersView):
@@ -19,7 +16,7 @@ class PostgresCounters(PostgresTrackingRecorder, CountersView):
         # "dogcounters_tracking" gives "dogcounters_counts".
         name = self.tracking_table_name.removesuffix("tracking") + "counts"
         self.check_identifier_length(name)
-        table = f"{quote(self.datastore.schema)}.{quote(name)}"
+        table = qualified(self.datastore.schema, name)
         self.sql_create_statements.append(
             f"CREATE TABLE IF NOT EXISTS {table} (name text PRIMARY KEY, count bigint)"
         )

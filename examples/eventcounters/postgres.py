@@ -6,11 +6,8 @@ from typing import Any
 
 from asyncsourcing.persistence import Tracking
 from asyncsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from asyncsourcing.postgres.identifiers import qualified
 from examples.eventcounters.views import EventCountersView
-
-
-def quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
 
 
 class PostgresEventCounters(PostgresTrackingRecorder, EventCountersView):
@@ -21,7 +18,7 @@ class PostgresEventCounters(PostgresTrackingRecorder, EventCountersView):
         super().__init__(datastore, **kwargs)
         self.counters_table_name = self.tracking_table_name.replace("_tracking", "")
         self.check_identifier_length(self.counters_table_name)
-        table = f"{quote(self.datastore.schema)}.{quote(self.counters_table_name)}"
+        table = qualified(self.datastore.schema, self.counters_table_name)
         self.sql_create_statements.append(
             f"CREATE TABLE IF NOT EXISTS {table} "
             "(counter_name text PRIMARY KEY, counter bigint)"
