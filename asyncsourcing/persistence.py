@@ -72,6 +72,7 @@ __all__ = [
     "StoredEvent",
     "Subscription",
     "Tracking",
+    "TrackingBatch",
     "TrackingRecorder",
     "WaitInterruptedError",
     "parked_table_name",
@@ -180,6 +181,21 @@ def parked_table_name(tracking_table_name: str) -> str:
     return tracking_table_name + "_parked"
 
 
+class TrackingBatch:
+    """A batch transaction of a tracking recorder, as its ``async with`` gives it.
+
+    :attr:`position` is the position of :attr:`application_name` recorded
+    when the batch began, read under a lock of its tracking row that the
+    batch holds until it ends: events up to it were processed by another
+    runner and must not be processed again. None when no application was
+    named, or nothing is recorded for it yet.
+    """
+
+    def __init__(self, application_name: str | None) -> None:
+        self.application_name = application_name
+        self.position: int | None = None
+
+
 class TrackingRecorder(Recorder, ABC):
     """Records the positions of processed events, atomically with a view's update.
 
@@ -259,12 +275,17 @@ class TrackingRecorder(Recorder, ABC):
         msg = f"{type(self).__qualname__} cannot park events"
         raise NotImplementedError(msg)
 
-    def batch_transaction(self) -> AbstractAsyncContextManager[object] | None:
+    def batch_transaction(
+        self, application_name: str | None = None
+    ) -> AbstractAsyncContextManager[TrackingBatch] | None:
         """A transaction that the recorder's own transactions join, or None.
 
-        A projection runner catching up processes many events inside one such
-        transaction, so they commit together: the view's methods need no
-        change. None (the default) means batching gains nothing here.
+        A projection runner processes events inside such transactions, so
+        that a batch of them commits together (the view's methods need no
+        change) with its last position written once. With
+        ``application_name``, that application's tracking row is locked
+        first and its recorded position read: see :class:`TrackingBatch`.
+        None (the default) means the backend does not batch.
         """
         return None
 

@@ -44,12 +44,9 @@ class Repository(Generic[TAggregateID]):
         self.cache: (
             Cache[TAggregateID, MutableOrImmutableAggregate[TAggregateID]] | None
         )
-        if cache_maxsize is None:
-            self.cache = None
-        elif cache_maxsize <= 0:
-            self.cache = Cache()
-        else:
-            self.cache = LRUCache(maxsize=cache_maxsize)
+        self._cache_maxsize = cache_maxsize
+        self.cache = None
+        self.clear_cache()
         self.fastforward = fastforward
         self.deepcopy_from_cache = deepcopy_from_cache
         # Fast-forwarding one cached aggregate from two tasks would apply
@@ -57,6 +54,17 @@ class Repository(Generic[TAggregateID]):
         self._fastforward_locks: weakref.WeakValueDictionary[Any, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
+
+    def clear_cache(self) -> None:
+        """Forget the cached aggregates (after a transaction that recorded
+        their new events rolled back, say); no-op without a cache."""
+        maxsize = self._cache_maxsize
+        if maxsize is None:
+            self.cache = None
+        elif maxsize <= 0:
+            self.cache = Cache()
+        else:
+            self.cache = LRUCache(maxsize=maxsize)
 
     async def get(
         self,

@@ -4,7 +4,6 @@ On SQLite and PostgreSQL; the in-memory backend does not batch."""
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -14,34 +13,15 @@ import pytest
 from asyncsourcing.application import Application
 from asyncsourcing.domain import Aggregate
 from asyncsourcing.projection import ProjectionRunner
-from examples.eventcounters.postgres import PostgresEventCounters
 from examples.eventcounters.projection import (
     EventCountersProjection,
     SpannerThrown,
     SpannerThrownError,
 )
-from examples.eventcounters.sqlite import SQLiteEventCounters
+from tests.batch_counting import PostgresCountingBatches, SQLiteCountingBatches
 from tests.test_postgres_support import factory_env, pg_schema
 
 __all__ = ["pg_schema"]  # A fixture, for the Postgres runs.
-
-
-class SQLiteCountingBatches(SQLiteEventCounters):
-    """Counts the batch transactions the runner opens."""
-
-    batches = 0
-
-    def batch_transaction(self) -> AbstractAsyncContextManager[object]:
-        type(self).batches += 1
-        return super().batch_transaction()
-
-
-class PostgresCountingBatches(PostgresEventCounters):
-    batches = 0
-
-    def batch_transaction(self) -> AbstractAsyncContextManager[object]:
-        type(self).batches += 1
-        return super().batch_transaction()
 
 
 CountingBatches = SQLiteCountingBatches | PostgresCountingBatches
@@ -105,7 +85,7 @@ async def test_catching_up_commits_in_batches_and_counts_once(
         # 1,200 events in batches of at most 500 (as read), not 1,200 commits.
         assert 3 <= view_class.batches <= 6
 
-        # Live events come one at a time: no batch transaction for them.
+        # A live event comes alone: no batch of it.
         batches = view_class.batches
         recordings = await runner.app.save(aggregate_with())
         await view.wait(runner.app.name, recordings[-1].notification.id)

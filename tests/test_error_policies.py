@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from contextlib import AbstractAsyncContextManager
 from functools import singledispatchmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,37 +27,18 @@ from asyncsourcing.projection import (
     ProjectionRunner,
 )
 from asyncsourcing.utils import TopicError, get_topic
-from examples.eventcounters.postgres import PostgresEventCounters
 from examples.eventcounters.projection import (
     EventCountersProjection,
     SpannerThrown,
     SpannerThrownError,
 )
-from examples.eventcounters.sqlite import SQLiteEventCounters
 from examples.eventcounters.views import POPOEventCounters
+from tests.batch_counting import PostgresCountingBatches, SQLiteCountingBatches
 from tests.test_postgres_support import factory_env, pg_schema
 
 __all__ = ["pg_schema"]  # A fixture used here, imported from the support module.
 
 BACKENDS = ["popo", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
-class SQLiteCountingBatches(SQLiteEventCounters):
-    """Counts the batch transactions the runner opens."""
-
-    batches = 0
-
-    def batch_transaction(self) -> AbstractAsyncContextManager[object]:
-        type(self).batches += 1
-        return super().batch_transaction()
-
-
-class PostgresCountingBatches(PostgresEventCounters):
-    batches = 0
-
-    def batch_transaction(self) -> AbstractAsyncContextManager[object]:
-        type(self).batches += 1
-        return super().batch_transaction()
 
 
 VIEW_CLASSES: dict[str, type[Any]] = {

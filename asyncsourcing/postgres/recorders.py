@@ -42,6 +42,7 @@ from asyncsourcing.persistence import (
     ProcessRecorder,
     Recorder,
     Subscription,
+    TrackingBatch,
     TrackingRecorder,
     parked_table_name,
 )
@@ -576,19 +577,21 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
             "PRIMARY KEY "
             f"(application_name)){_TABLE_OPTIONS}"
         )
-        # Inserts or moves the row forward, or changes nothing and returns no
-        # row; announces the new position, to be delivered at commit.
-        self.insert_tracking_statement = (
-            "WITH recorded AS ("
-            f"INSERT INTO {table} VALUES ($1, $2) "
-            "ON CONFLICT (application_name) DO UPDATE "
-            "SET notification_id = $2 "
-            f"WHERE {table}.notification_id < $2 "
-            "RETURNING notification_id) "
-            "SELECT notification_id, pg_notify($3, json_build_object("
-            "'schema', $4::text, 'table', $5::text, "
-            "'application_name', $1::text, 'notification_id', notification_id"
-            ")::text) FROM recorded"
+        self.insert_tracking_statement = self._upsert_tracking_statement(
+            f"{table}.notification_id < $2"
+        )
+        # The same, but only from the position $6 (NULL: from no row at all).
+        self.compare_and_set_tracking_statement = self._upsert_tracking_statement(
+            f"{table}.notification_id < $2 "
+            f"AND {table}.notification_id IS NOT DISTINCT FROM $6::bigint"
+        )
+        # A lock that exists before the application's row does, taken first
+        # by every runner's transaction: one lock order, so runners of one
+        # projection wait for each other and never deadlock on the view's rows.
+        self.lock_tracking_statement = (
+            "SELECT notification_id FROM (SELECT pg_advisory_xact_lock("
+            "hashtextextended($2 || '/' || $1, 0))) AS locked "
+            f"LEFT JOIN {table} ON application_name = $1"
         )
         self._insert_tracking_row_statement = (
             f"INSERT INTO {table} VALUES ($1, $2) "
@@ -598,7 +601,26 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
             f"SELECT MAX(notification_id) FROM {table} WHERE application_name=$1"
         )
         self._tracking_batches: TrackingBatches[PostgresConnection] = TrackingBatches(
-            self._record_tracking, self._read_max_tracking_id
+            lock=self._lock_tracking,
+            read_max=self._read_max_tracking_id,
+            compare_and_set=self._compare_and_set_tracking,
+        )
+
+    def _upsert_tracking_statement(self, condition: str) -> str:
+        """Inserts or moves the row forward where ``condition`` holds, or
+        changes nothing and returns no row; announces the new position, to
+        be delivered at commit."""
+        table = self._qualified(self.tracking_table_name)
+        return (
+            "WITH recorded AS ("
+            f"INSERT INTO {table} VALUES ($1, $2) "
+            "ON CONFLICT (application_name) DO UPDATE "
+            f"SET notification_id = $2 WHERE {condition} "
+            "RETURNING notification_id) "
+            "SELECT notification_id, pg_notify($3, json_build_object("
+            "'schema', $4::text, 'table', $5::text, "
+            "'application_name', $1::text, 'notification_id', notification_id"
+            ")::text) FROM recorded"
         )
 
     async def _create_table(self, conn: PostgresConnection) -> None:
@@ -671,18 +693,61 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
                 f"'{tracking.application_name}' (in {self.tracking_table_name})"
             )
             raise IntegrityError(msg)
+        self._advance_after_commit(conn, tracking)
+
+    async def _compare_and_set_tracking(
+        self, conn: PostgresConnection, tracking: Tracking, expected: int | None
+    ) -> None:
+        with translate_errors():
+            row = await conn.fetchrow(
+                self.compare_and_set_tracking_statement,
+                tracking.application_name,
+                tracking.notification_id,
+                self.tracking_channel_name,
+                self.datastore.schema,
+                self.tracking_table_name,
+                expected,
+            )
+        if row is None:
+            msg = (
+                f"Tracking of application '{tracking.application_name}' (in "
+                f"{self.tracking_table_name}) moved from {expected} while a batch "
+                f"up to {tracking.notification_id} was processed: another runner "
+                "processed some of its events"
+            )
+            raise IntegrityError(msg)
+        self._advance_after_commit(conn, tracking)
+
+    async def _lock_tracking(
+        self, conn: PostgresConnection, application_name: str
+    ) -> int | None:
+        with translate_errors():
+            position: int | None = await conn.fetchval(
+                self.lock_tracking_statement,
+                application_name,
+                self._qualified(self.tracking_table_name),
+            )
+        return position
+
+    def _advance_after_commit(
+        self, conn: PostgresConnection, tracking: Tracking
+    ) -> None:
         self.datastore.call_after_commit(
             conn,
             partial(self._advance, tracking.application_name, tracking.notification_id),
         )
 
-    def batch_transaction(self) -> AbstractAsyncContextManager[object]:
+    def batch_transaction(
+        self, application_name: str | None = None
+    ) -> AbstractAsyncContextManager[TrackingBatch]:
         """A write transaction that this view's own transactions join.
 
-        A projection runner catching up processes a batch of events in it,
-        committing them (and their last tracking position) together.
+        A projection runner processes a batch of events in it, committing
+        them (and their last tracking position) together.
         """
-        return self._tracking_batches.batch(self.datastore.transaction(commit=True))
+        return self._tracking_batches.batch(
+            self.datastore.transaction(commit=True), application_name
+        )
 
     async def _read_max_tracking_id(
         self, conn: PostgresConnection, application_name: str

@@ -8,6 +8,7 @@ import logging
 import os
 import traceback
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, cast
 
@@ -23,6 +24,7 @@ from asyncsourcing.persistence import (
     OperationalError,
     PersistenceError,
     Tracking,
+    TrackingBatch,
     TrackingRecorder,
     WaitInterruptedError,
 )
@@ -195,7 +197,9 @@ class BaseProjectionRunner(Generic[TApplication]):
         """
         start = 0
         while start < len(batch):
-            if await self._process_in_one_transaction(batch[start:]):
+            if len(batch) - start > 1 and await self._process_in_one_transaction(
+                batch[start:]
+            ):
                 return
             for i in range(start, len(batch)):
                 if await self._process_one(batch[i]):
@@ -204,26 +208,56 @@ class BaseProjectionRunner(Generic[TApplication]):
             else:
                 return
 
+    def _view_transaction(self) -> AbstractAsyncContextManager[TrackingBatch] | None:
+        """The transaction to process events in, or None: the view's own.
+
+        It locks the application's tracking row before anything else, so
+        that runners of one projection take their locks in one order, and
+        tells which events another runner has processed meanwhile.
+        """
+        return self._tracking_recorder.batch_transaction(self.app_name)
+
     async def _process_in_one_transaction(self, batch: Sequence[Notification]) -> bool:
         """True if ``batch`` was processed in a batch transaction."""
-        transaction = None
-        if len(batch) > 1:
-            transaction = self._tracking_recorder.batch_transaction()
+        transaction = self._view_transaction()
         if transaction is None:
             return False
+        processed = 0
         try:
-            async with transaction:
-                for notification in batch:
+            async with transaction as locked:
+                for notification in self._not_processed(batch, locked.position):
                     await self._projection.process_event(
                         self._decode(notification), self._tracking(notification)
                     )
+                    processed += 1
         except _CONNECTION_ERRORS:
+            self._rolled_back()
             raise
         except Exception:
+            self._rolled_back()
             logger.debug("Batch of %d events failed; one at a time", len(batch))
             return False
-        self._counters.processed_up_to(batch[-1].id, len(batch))
+        self._counters.processed_up_to(batch[-1].id, processed)
         return True
+
+    def _not_processed(
+        self, batch: Sequence[Notification], position: int | None
+    ) -> Sequence[Notification]:
+        """The events of ``batch`` after ``position``, which another runner of
+        the projection may have recorded since ours read the events."""
+        if position is None or batch[0].id > position:
+            return batch
+        logger.info(
+            "Projection %r of application %r: notifications up to %d were "
+            "processed by another runner",
+            self._projection_name,
+            self.app_name,
+            position,
+        )
+        return [n for n in batch if n.id > position]
+
+    def _rolled_back(self) -> None:
+        """Hook: a view transaction of the runner rolled back."""
 
     async def _process_one(self, notification: Notification) -> bool:
         """Process one event under the error policy; True if it had an error."""
@@ -234,12 +268,12 @@ class BaseProjectionRunner(Generic[TApplication]):
         first_failure = 0.0
         while True:
             try:
-                await self._projection.process_event(
-                    self._decode(notification), tracking
-                )
+                processed = await self._process_alone(notification, tracking)
             except _CONNECTION_ERRORS:
                 raise
             except Exception as error:
+                if await self._is_processed_elsewhere(notification):
+                    return failures > 0
                 self._counters.error(error)
                 failures += 1
                 action = policy.action
@@ -272,8 +306,48 @@ class BaseProjectionRunner(Generic[TApplication]):
                     raise
                 return True
             else:
-                self._counters.processed_up_to(notification.id)
+                self._counters.processed_up_to(notification.id, int(processed))
                 return failures > 0
+
+    async def _process_alone(
+        self, notification: Notification, tracking: Tracking
+    ) -> bool:
+        """Process one event in a transaction of its own; False if another
+        runner has processed it."""
+        transaction = self._view_transaction()
+        if transaction is None:
+            await self._projection.process_event(self._decode(notification), tracking)
+            return True
+        try:
+            async with transaction as locked:
+                if not self._not_processed([notification], locked.position):
+                    return False
+                await self._projection.process_event(
+                    self._decode(notification), tracking
+                )
+        except BaseException:
+            self._rolled_back()
+            raise
+        return True
+
+    async def _is_processed_elsewhere(self, notification: Notification) -> bool:
+        """Whether the view records ``notification`` as processed, by another
+        runner (after an error that may be its tracking conflict)."""
+        try:
+            position = await self._tracking_recorder.max_tracking_id(self.app_name)
+        except PersistenceError:
+            return False
+        if position is None or position < notification.id:
+            return False
+        logger.info(
+            "Projection %r of application %r: notification %d was processed "
+            "by another runner",
+            self._projection_name,
+            self.app_name,
+            notification.id,
+        )
+        self._counters.position = max(self._counters.position or 0, position)
+        return True
 
     def _decode(self, notification: Notification) -> DomainEventProtocol[Any]:
         return decode_notification(self.app.mapper, self.app_name, notification)
@@ -611,6 +685,10 @@ class EventSourcedProjectionRunner(
     async def _record_skipped(self, tracking: Tracking) -> None:
         """An empty processing event: the tracking, no new events."""
         await self.projection._record(ProcessingEvent[Any](tracking=tracking))
+
+    def _rolled_back(self) -> None:
+        """Forget cached aggregates: they may hold events that were not recorded."""
+        self.projection.repository.clear_cache()
 
     async def _close_projection(self) -> None:
         await self.projection.close()

@@ -34,6 +34,7 @@ from asyncsourcing.persistence import (
     StoredEvent,
     Subscription,
     Tracking,
+    TrackingBatch,
     TrackingRecorder,
     parked_table_name,
 )
@@ -402,20 +403,34 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
         self.tracking_table_name = tracking_table_name
         super().__init__(datastore, **kwargs)
         table = quote(tracking_table_name)
-        # Inserts the first row of an application, or moves its row forward;
-        # returns no row, changing nothing, when the position is not ahead.
-        self.insert_tracking_statement = (
-            f"INSERT INTO {table} (application_name, notification_id) VALUES (?, ?) "
-            "ON CONFLICT (application_name) DO UPDATE "
-            "SET notification_id = excluded.notification_id "
-            f"WHERE {table}.notification_id < excluded.notification_id "
-            "RETURNING notification_id"
+        self.insert_tracking_statement = self._upsert_tracking_statement(
+            f"{table}.notification_id < excluded.notification_id"
+        )
+        # The same, but only from the position given third (NULL: no row).
+        self.compare_and_set_tracking_statement = self._upsert_tracking_statement(
+            f"{table}.notification_id < excluded.notification_id "
+            f"AND {table}.notification_id IS ?"
         )
         self.select_max_tracking_id_statement = (
             f"SELECT MAX(notification_id) FROM {table} WHERE application_name = ?"
         )
+        # Write transactions begin with BEGIN IMMEDIATE, which locks the
+        # whole database: reading the row is locking it.
         self._tracking_batches: TrackingBatches[aiosqlite.Connection] = TrackingBatches(
-            self._record_tracking, self._max_tracking_id
+            lock=self._max_tracking_id,
+            read_max=self._max_tracking_id,
+            compare_and_set=self._compare_and_set_tracking,
+        )
+
+    def _upsert_tracking_statement(self, condition: str) -> str:
+        """Inserts the first row of an application, or moves its row forward
+        where ``condition`` holds; returns no row, changing nothing, otherwise."""
+        return (
+            f"INSERT INTO {quote(self.tracking_table_name)} "
+            "(application_name, notification_id) VALUES (?, ?) "
+            "ON CONFLICT (application_name) DO UPDATE "
+            f"SET notification_id = excluded.notification_id WHERE {condition} "
+            "RETURNING notification_id"
         )
 
     def _construct_create_table_statements(self) -> list[str]:
@@ -497,18 +512,46 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
                 f"'{tracking.application_name}'"
             )
             raise IntegrityError(msg)
+        self._advance_after_commit(connection, tracking)
+
+    async def _compare_and_set_tracking(
+        self,
+        connection: aiosqlite.Connection,
+        tracking: Tracking,
+        expected: int | None,
+    ) -> None:
+        returned = await connection.execute_fetchall(
+            self.compare_and_set_tracking_statement,
+            (tracking.application_name, tracking.notification_id, expected),
+        )
+        if not list(returned):
+            msg = (
+                f"Tracking of application '{tracking.application_name}' moved "
+                f"from {expected} while a batch up to {tracking.notification_id} "
+                "was processed: another runner processed some of its events"
+            )
+            raise IntegrityError(msg)
+        self._advance_after_commit(connection, tracking)
+
+    def _advance_after_commit(
+        self, connection: aiosqlite.Connection, tracking: Tracking
+    ) -> None:
         self.datastore.call_after_commit(
             connection,
             partial(self._advance, tracking.application_name, tracking.notification_id),
         )
 
-    def batch_transaction(self) -> AbstractAsyncContextManager[object]:
+    def batch_transaction(
+        self, application_name: str | None = None
+    ) -> AbstractAsyncContextManager[TrackingBatch]:
         """A write transaction that this view's own transactions join.
 
-        A projection runner catching up processes a batch of events in it,
-        committing them (and their last tracking position) together.
+        A projection runner processes a batch of events in it, committing
+        them (and their last tracking position) together.
         """
-        return self._tracking_batches.batch(self.datastore.transaction(commit=True))
+        return self._tracking_batches.batch(
+            self.datastore.transaction(commit=True), application_name
+        )
 
     def _advance(self, application_name: str, notification_id: int) -> None:
         # In-process waiters learn the position from the commit itself.
