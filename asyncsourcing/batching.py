@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Generic, TypeVar
 
+from asyncsourcing.leases import Lease
 from asyncsourcing.persistence import IntegrityError, Tracking, TrackingBatch
 
 __all__ = ["TrackingBatches"]
@@ -47,7 +48,9 @@ class TrackingBatches(Generic[Conn]):
     ``compare_and_set(conn, tracking, expected)`` moves the position from
     ``expected`` to ``tracking.notification_id``, raising
     :class:`IntegrityError` if it is not ``expected`` any more. All three run
-    in the transaction of ``conn``.
+    in the transaction of ``conn``, as does ``check_fence(conn, lease)``,
+    which raises :class:`~asyncsourcing.leases.FencedError` if the lease
+    was taken over.
     """
 
     def __init__(
@@ -56,10 +59,12 @@ class TrackingBatches(Generic[Conn]):
         lock: Callable[[Conn, str], Awaitable[int | None]],
         read_max: Callable[[Conn, str], Awaitable[int | None]],
         compare_and_set: Callable[[Conn, Tracking, int | None], Awaitable[None]],
+        check_fence: Callable[[Conn, Lease], Awaitable[None]],
     ) -> None:
         self._lock = lock
         self._read_max = read_max
         self._compare_and_set = compare_and_set
+        self._check_fence = check_fence
         self._open: dict[Conn, _Batch] = {}
 
     @asynccontextmanager
@@ -67,14 +72,18 @@ class TrackingBatches(Generic[Conn]):
         self,
         transaction: AbstractAsyncContextManager[Conn],
         application_name: str | None = None,
+        fence: Lease | None = None,
     ) -> AsyncIterator[TrackingBatch]:
         """``transaction``, in which tracking is written once, before it commits.
 
         With ``application_name``, that application's tracking row is locked
-        first, and its position is the batch's :attr:`~TrackingBatch.position`.
+        first, and its position is the batch's :attr:`~TrackingBatch.position`;
+        with ``fence``, the lease is checked next.
         """
         async with transaction as conn:
             batch = _Batch(application_name)
+            if fence is not None:
+                await self._check_fence(conn, fence)
             if application_name is not None:
                 batch.position = await self._lock(conn, application_name)
                 batch.started[application_name] = batch.position

@@ -49,6 +49,8 @@ from asyncsourcing.waiting import PositionBoard
 if TYPE_CHECKING:
     from eventsourcing.domain import TAggregateID
 
+    from asyncsourcing.leases import Lease, Leases
+
 __all__ = [
     "AggregateRecorder",
     "ApplicationRecorder",
@@ -276,7 +278,7 @@ class TrackingRecorder(Recorder, ABC):
         raise NotImplementedError(msg)
 
     def batch_transaction(
-        self, application_name: str | None = None
+        self, application_name: str | None = None, fence: Lease | None = None
     ) -> AbstractAsyncContextManager[TrackingBatch] | None:
         """A transaction that the recorder's own transactions join, or None.
 
@@ -285,8 +287,16 @@ class TrackingRecorder(Recorder, ABC):
         change) with its last position written once. With
         ``application_name``, that application's tracking row is locked
         first and its recorded position read: see :class:`TrackingBatch`.
-        None (the default) means the backend does not batch.
+        With ``fence``, the transaction raises
+        :class:`~asyncsourcing.leases.FencedError` unless that lease still
+        holds. None (the default) means the backend does not batch.
         """
+        return None
+
+    @property
+    def leases(self) -> Leases | None:
+        """The leases of projections whose views are in this database, or
+        None where runners need no coordination (in memory)."""
         return None
 
 

@@ -17,7 +17,8 @@ class RunnerStatistics:
     projection_name: str
     is_running: bool
     position: int | None
-    """The last notification id processed (or the view's position at start)."""
+    """The view's position: the last notification id processed, by this
+    runner or (while it stands by) by the leader."""
     lag: int | None
     """The application's max notification id minus :attr:`position`: events
     not processed yet (those of other topics included). None if unknown
@@ -38,6 +39,14 @@ class RunnerStatistics:
     """``repr()`` of the last error, handled or not."""
     last_error_at: datetime | None
     started_at: datetime | None
+    role: str = "leader"
+    """"leader" (processes the events) or "standby" (waits to take over)."""
+    owner: str | None = None
+    """This runner's name in leases (host:pid:suffix); None in memory."""
+    epoch: int | None = None
+    """The epoch of the lease this runner holds, while it leads."""
+    role_since: datetime | None = None
+    """When the runner took its :attr:`role`."""
 
 
 class RunnerCounters:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from asyncsourcing.leases import Lease
 from asyncsourcing.persistence import Tracking, TrackingBatch
 from examples.eventcounters.postgres import PostgresEventCounters
 from examples.eventcounters.sqlite import SQLiteEventCounters
@@ -23,11 +24,11 @@ class _CountingBatches:
 
     @asynccontextmanager
     async def batch_transaction(
-        self, application_name: str | None = None
+        self, application_name: str | None = None, fence: Lease | None = None
     ) -> AsyncIterator[TrackingBatch]:
         before = self._tracked
         try:
-            async with super().batch_transaction(application_name) as batch:  # type: ignore[misc]
+            async with super().batch_transaction(application_name, fence) as batch:  # type: ignore[misc]
                 yield batch
         finally:
             if self._tracked - before > 1:

@@ -1,7 +1,9 @@
 """Several runners of one projection at once: every event applied exactly once.
 
-Replicas of a service each run the projection, so the runners of one view
-race for the same events. Each runner's view transaction locks the
+Replicas of a service each run the projection. With leadership (the
+default) one runner processes and the others stand by; without it
+(``LEADERSHIP=false``) the runners of one view race for the same events,
+which is what these tests do. Each runner's view transaction locks the
 application's tracking first and skips what another runner recorded
 meanwhile; a batch's tracking is a compare-and-set against the position it
 started from. Whoever wins, the view counts each event once, no runner
@@ -35,6 +37,7 @@ AGGREGATES_PER_SAVE = 5  # Two events each: created, and one more.
 
 async def run_trial(env: dict[str, str], view_class: type[Any]) -> None:
     """Three runners follow while each of their applications records events."""
+    env = {**env, "LEADERSHIP": "false"}
     runners = [
         ProjectionRunner(
             application_class=Application[UUID],

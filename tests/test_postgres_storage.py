@@ -466,6 +466,7 @@ async def test_event_sourced_projection_records_events_with_tracking(
             pg_schema,
         )
     assert [t[0] for t in tables] == [
+        "asyncsourcing_leases",  # Which runner of the projection leads.
         "copies_events",
         "copies_tracking",
         "interop_events",

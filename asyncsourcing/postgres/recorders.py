@@ -35,6 +35,7 @@ from eventsourcing.persistence import (
 
 from asyncsourcing.batching import TrackingBatches
 from asyncsourcing.coalescing import WriteCoalescer
+from asyncsourcing.leases import Lease
 from asyncsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
@@ -53,6 +54,7 @@ from asyncsourcing.postgres.identifiers import (
     qualified,
     quote_identifier,
 )
+from asyncsourcing.postgres.leases import PostgresLeases
 from asyncsourcing.postgres.subscription import PostgresSubscription
 
 if TYPE_CHECKING:
@@ -604,7 +606,9 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
             lock=self._lock_tracking,
             read_max=self._read_max_tracking_id,
             compare_and_set=self._compare_and_set_tracking,
+            check_fence=self._check_fence,
         )
+        self._leases: PostgresLeases | None = None
 
     def _upsert_tracking_statement(self, condition: str) -> str:
         """Inserts or moves the row forward where ``condition`` holds, or
@@ -729,6 +733,9 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
             )
         return position
 
+    async def _check_fence(self, conn: Any, lease: Lease) -> None:
+        await self.leases.check_fence(conn, lease)
+
     def _advance_after_commit(
         self, conn: PostgresConnection, tracking: Tracking
     ) -> None:
@@ -738,7 +745,7 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
         )
 
     def batch_transaction(
-        self, application_name: str | None = None
+        self, application_name: str | None = None, fence: Lease | None = None
     ) -> AbstractAsyncContextManager[TrackingBatch]:
         """A write transaction that this view's own transactions join.
 
@@ -746,8 +753,14 @@ class PostgresTrackingRecorder(PostgresRecorder, TrackingRecorder):
         them (and their last tracking position) together.
         """
         return self._tracking_batches.batch(
-            self.datastore.transaction(commit=True), application_name
+            self.datastore.transaction(commit=True), application_name, fence
         )
+
+    @property
+    def leases(self) -> PostgresLeases:
+        if self._leases is None:
+            self._leases = PostgresLeases(self.datastore)
+        return self._leases
 
     async def _read_max_tracking_id(
         self, conn: PostgresConnection, application_name: str

@@ -7,16 +7,17 @@ import contextlib
 import logging
 import os
 import traceback
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, cast
 
 from eventsourcing.application import ProcessingEvent
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.utils import Environment, EnvType
+from eventsourcing.utils import Environment, EnvType, strtobool
 
 from asyncsourcing.application import Application
+from asyncsourcing.leases import FencedError, Lease, LeaseSettings
 from asyncsourcing.persistence import (
     InfrastructureFactory,
     InterfaceError,
@@ -34,6 +35,7 @@ from asyncsourcing.policies import (
     ErrorPolicyLike,
     OnError,
 )
+from asyncsourcing.projection.leadership import Leadership, Role
 from asyncsourcing.projection.projections import (
     EventSourcedProjection,
     Projection,
@@ -54,6 +56,9 @@ TApplication = TypeVar("TApplication", bound=Application[Any])
 
 _CONNECTION_ERRORS = (OperationalError, InterfaceError)
 """Errors of the database, not of the event: reconnect or stop, never skip."""
+
+_NOT_THE_EVENTS = (*_CONNECTION_ERRORS, FencedError)
+"""Errors that no error policy applies to: the event is not at fault."""
 
 
 class _StopRequestedError(Exception):
@@ -110,6 +115,12 @@ class BaseProjectionRunner(Generic[TApplication]):
         self._is_started = False
         self._is_closed = False
         self._counters = RunnerCounters()
+        self._leadership = Leadership(
+            tracking_recorder.leases,
+            self.app_name,
+            projection.name,
+            self._lease_settings(self._construct_env(projection.name, env)),
+        )
         # The failures in a row of reconnecting: (first failure's time, count).
         self._reconnect_streak: tuple[float, int] | None = None
         self._recovered_at = 0.0
@@ -122,6 +133,43 @@ class BaseProjectionRunner(Generic[TApplication]):
         if env is not None:
             _env.update(env)
         return Environment(name, _env)
+
+    @staticmethod
+    def _lease_settings(env: Environment) -> LeaseSettings:
+        """``LEADERSHIP``, ``LEASE_TTL`` and ``LEASE_FAST_TAKEOVER``."""
+        defaults = LeaseSettings()
+        values: dict[str, bool | float] = {}
+        for name, field, parse in (
+            ("LEADERSHIP", "enabled", strtobool),
+            ("LEASE_TTL", "ttl", float),
+            ("LEASE_FAST_TAKEOVER", "fast_takeover", strtobool),
+        ):
+            text = env.get(name)
+            if text is None:
+                continue
+            try:
+                values[field] = parse(text)
+            except ValueError:
+                msg = f"{name} must be {type(getattr(defaults, field)).__name__}, "
+                raise ValueError(msg + f"got {text!r}") from None
+        try:
+            return LeaseSettings(**values)  # type: ignore[arg-type]
+        except ValueError as error:
+            raise ValueError(str(error)) from None
+
+    @property
+    def role(self) -> Role:
+        """Leader (processes the events) or standby (waits to take over)."""
+        return self._leadership.role
+
+    @property
+    def lease(self) -> Lease | None:
+        """The lease this runner leads by, or None while it stands by.
+
+        Also None when leadership is off (``LEADERSHIP=false``) or the
+        view is in memory: then the runner leads without a lease.
+        """
+        return self._leadership.lease
 
     @property
     def is_running(self) -> bool:
@@ -136,13 +184,12 @@ class BaseProjectionRunner(Generic[TApplication]):
             raise RuntimeError(msg)
         self._is_started = True
         await self._prepare()
-        position = await self._tracking_recorder.max_tracking_id(self.app_name)
-        subscription = ApplicationSubscription(
-            self.app, gt=position, topics=self._topics
-        )
-        await subscription.__aenter__()
-        self._subscription = subscription
-        self._counters.start(position)
+        if await self._leadership.try_acquire():
+            await self._resubscribe()
+            self._counters.start(self._counters.position)
+        else:
+            position = await self._tracking_recorder.max_tracking_id(self.app_name)
+            self._counters.start(position)
         self._task = asyncio.create_task(
             self._run(), name=f"projection {self.app_name}"
         )
@@ -152,16 +199,10 @@ class BaseProjectionRunner(Generic[TApplication]):
 
     async def _run(self) -> None:
         try:
-            while True:
-                subscription = self._subscription
-                if subscription is None:  # pragma: no cover (set before the task)
+            while not self._stopping.is_set():
+                if self._subscription is None and not await self._stand_by():
                     return
-                try:
-                    await self._follow(subscription)
-                except _CONNECTION_ERRORS as error:
-                    if not await self._reconnect(error):
-                        return
-                else:
+                if not await self._lead():
                     return
         except asyncio.CancelledError:
             raise
@@ -180,6 +221,68 @@ class BaseProjectionRunner(Generic[TApplication]):
             self._error = error
         finally:
             self._stopping.set()
+
+    async def _stand_by(self) -> bool:
+        """Wait to lead, then subscribe; False if stopped meanwhile."""
+        while True:
+            acquiring = asyncio.create_task(self._leadership.acquire())
+            stopping = asyncio.create_task(self._stopping.wait())
+            try:
+                await asyncio.wait(
+                    {acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for task in (acquiring, stopping):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+            if self._stopping.is_set():
+                return False
+            try:
+                acquiring.result()
+                await self._resubscribe()
+            except _CONNECTION_ERRORS as error:
+                if not await self._reconnect(error, resubscribe=False):
+                    return False
+                continue
+            return True
+
+    async def _lead(self) -> bool:
+        """Process while leading; True if the lease was lost (stand by then)."""
+        keeping = asyncio.create_task(self._leadership.keep())
+        following = asyncio.create_task(self._follow_reconnecting())
+        try:
+            await asyncio.wait(
+                {keeping, following}, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            keeping.cancel()
+            if not following.done():
+                following.cancel()
+            for task in (keeping, following):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if not following.cancelled() and not following.result():
+            return False
+        await self._unsubscribe()
+        return True
+
+    async def _follow_reconnecting(self) -> bool:
+        """Process until stopped (False), or until fenced off (True)."""
+        while True:
+            subscription = self._subscription
+            if subscription is None:  # pragma: no cover (set before)
+                return False
+            try:
+                await self._follow(subscription)
+            except FencedError as error:
+                self._leadership.lost(str(error))
+                return True
+            except _CONNECTION_ERRORS as error:
+                if not await self._reconnect(error):
+                    return False
+            else:
+                return False
 
     async def _follow(self, subscription: ApplicationSubscription[Any]) -> None:
         notifications = subscription.subscription
@@ -211,11 +314,14 @@ class BaseProjectionRunner(Generic[TApplication]):
     def _view_transaction(self) -> AbstractAsyncContextManager[TrackingBatch] | None:
         """The transaction to process events in, or None: the view's own.
 
-        It locks the application's tracking row before anything else, so
-        that runners of one projection take their locks in one order, and
-        tells which events another runner has processed meanwhile.
+        It checks the runner's lease (fencing), and locks the application's
+        tracking before anything else, so that runners of one projection
+        take their locks in one order; it tells which events another runner
+        has processed meanwhile.
         """
-        return self._tracking_recorder.batch_transaction(self.app_name)
+        return self._tracking_recorder.batch_transaction(
+            self.app_name, fence=self._leadership.fence
+        )
 
     async def _process_in_one_transaction(self, batch: Sequence[Notification]) -> bool:
         """True if ``batch`` was processed in a batch transaction."""
@@ -230,13 +336,16 @@ class BaseProjectionRunner(Generic[TApplication]):
                         self._decode(notification), self._tracking(notification)
                     )
                     processed += 1
-        except _CONNECTION_ERRORS:
+        except _NOT_THE_EVENTS:
             self._rolled_back()
             raise
         except Exception:
             self._rolled_back()
             logger.debug("Batch of %d events failed; one at a time", len(batch))
             return False
+        except BaseException:
+            self._rolled_back()
+            raise
         self._counters.processed_up_to(batch[-1].id, processed)
         return True
 
@@ -269,7 +378,7 @@ class BaseProjectionRunner(Generic[TApplication]):
         while True:
             try:
                 processed = await self._process_alone(notification, tracking)
-            except _CONNECTION_ERRORS:
+            except _NOT_THE_EVENTS:
                 raise
             except Exception as error:
                 if await self._is_processed_elsewhere(notification):
@@ -314,17 +423,27 @@ class BaseProjectionRunner(Generic[TApplication]):
     ) -> bool:
         """Process one event in a transaction of its own; False if another
         runner has processed it."""
+        return await self._alone(
+            notification,
+            lambda: self._projection.process_event(
+                self._decode(notification), tracking
+            ),
+        )
+
+    async def _alone(
+        self, notification: Notification, work: Callable[[], Awaitable[Any]]
+    ) -> bool:
+        """Do ``work`` for ``notification`` in a view transaction of the
+        runner, unless another runner has processed it (False then)."""
         transaction = self._view_transaction()
         if transaction is None:
-            await self._projection.process_event(self._decode(notification), tracking)
+            await work()
             return True
         try:
             async with transaction as locked:
                 if not self._not_processed([notification], locked.position):
                     return False
-                await self._projection.process_event(
-                    self._decode(notification), tracking
-                )
+                await work()
         except BaseException:
             self._rolled_back()
             raise
@@ -358,7 +477,8 @@ class BaseProjectionRunner(Generic[TApplication]):
     async def _skip(
         self, notification: Notification, tracking: Tracking, error: Exception
     ) -> None:
-        await self._record_skipped(tracking)
+        if not await self._alone(notification, lambda: self._record_skipped(tracking)):
+            return
         self._counters.skipped += 1
         self._counters.processed_up_to(notification.id)
         logger.error(
@@ -380,9 +500,13 @@ class BaseProjectionRunner(Generic[TApplication]):
         self, notification: Notification, tracking: Tracking, error: Exception
     ) -> None:
         error_text = "".join(traceback.format_exception(error)).rstrip()
-        await self._tracking_recorder.park(
-            tracking, notification.topic, notification.state, error_text
-        )
+        if not await self._alone(
+            notification,
+            lambda: self._tracking_recorder.park(
+                tracking, notification.topic, notification.state, error_text
+            ),
+        ):
+            return
         self._counters.parked += 1
         self._counters.processed_up_to(notification.id)
         logger.error(
@@ -396,8 +520,11 @@ class BaseProjectionRunner(Generic[TApplication]):
             exc_info=error,
         )
 
-    async def _reconnect(self, error: Exception) -> bool:
+    async def _reconnect(self, error: Exception, *, resubscribe: bool = True) -> bool:
         """Resubscribe after a connection error; False if stopped meanwhile.
+
+        With ``resubscribe=False`` (a standby), only check that the
+        database answers again.
 
         Raises an :class:`OperationalError` when the policy does not
         reconnect, or gives up.
@@ -437,7 +564,10 @@ class BaseProjectionRunner(Generic[TApplication]):
             if await self._is_stopped_within(delay):
                 return False
             try:
-                await self._resubscribe()
+                if resubscribe:
+                    await self._resubscribe()
+                else:
+                    await self._tracking_recorder.max_tracking_id(self.app_name)
             except _CONNECTION_ERRORS as next_error:
                 self._counters.error(next_error)
                 error = next_error
@@ -469,12 +599,15 @@ class BaseProjectionRunner(Generic[TApplication]):
             return now, 1
         return streak[0], streak[1] + 1
 
-    async def _resubscribe(self) -> None:
-        """Subscribe again from the position recorded in the view."""
+    async def _unsubscribe(self) -> None:
         old, self._subscription = self._subscription, None
         if old is not None:
             with contextlib.suppress(Exception):
                 await old.__aexit__(None, None, None)
+
+    async def _resubscribe(self) -> None:
+        """Subscribe again from the position recorded in the view."""
+        await self._unsubscribe()
         position = await self._tracking_recorder.max_tracking_id(self.app_name)
         subscription = ApplicationSubscription(
             self.app, gt=position, topics=self._topics
@@ -492,10 +625,19 @@ class BaseProjectionRunner(Generic[TApplication]):
         return self._stopping.is_set()
 
     async def statistics(self) -> RunnerStatistics:
-        """What the runner has done since it started (reads the application's
-        last notification id for :attr:`RunnerStatistics.lag`)."""
+        """What the runner has done since it started (reads the view's
+        position, and the application's last notification id for
+        :attr:`RunnerStatistics.lag`)."""
         counters = self._counters
+        leadership = self._leadership
         position = counters.position
+        if self._is_started and not self._is_closed:
+            # The view's own record: it counts what was committed before
+            # the counters are bumped, and what another runner processed.
+            with contextlib.suppress(PersistenceError):
+                recorded = await self._tracking_recorder.max_tracking_id(self.app_name)
+                if recorded is not None and (position is None or recorded > position):
+                    position = recorded
         lag: int | None = None
         with contextlib.suppress(PersistenceError):
             max_notification_id = await self.app.recorder.max_notification_id()
@@ -516,6 +658,10 @@ class BaseProjectionRunner(Generic[TApplication]):
             last_error=counters.last_error,
             last_error_at=counters.last_error_at,
             started_at=counters.started_at,
+            role=str(leadership.role),
+            owner=leadership.owner if leadership.coordinates else None,
+            epoch=None if leadership.lease is None else leadership.lease.epoch,
+            role_since=leadership.since,
         )
 
     def stop(self) -> None:
@@ -582,16 +728,23 @@ class BaseProjectionRunner(Generic[TApplication]):
                         await self._task
                     raise
         finally:
-            if self._subscription is not None:
-                await self._subscription.__aexit__(None, None, None)
-            await self.app.close()
-            await self._close_projection()
+            try:
+                await self._leadership.release()
+            finally:
+                await self._unsubscribe()
+                await self.app.close()
+                await self._close_projection()
 
     async def _close_projection(self) -> None:
         """Close the view's or the projection's connections."""
 
     async def __aenter__(self) -> Self:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            # Failed or cancelled while starting: close what was opened so far.
+            await self.aclose()
+            raise
         return self
 
     async def __aexit__(
@@ -641,6 +794,7 @@ class ProjectionRunner(
     async def _prepare(self) -> None:
         if self.factory.env_create_table():
             await self.view.create_table()
+            await self._leadership.create_table()
 
     async def _close_projection(self) -> None:
         await self.factory.close()
@@ -681,6 +835,10 @@ class EventSourcedProjectionRunner(
             env=env,
             error_policy=error_policy,
         )
+
+    async def _prepare(self) -> None:
+        if self.projection.factory.env_create_table():
+            await self._leadership.create_table()
 
     async def _record_skipped(self, tracking: Tracking) -> None:
         """An empty processing event: the tracking, no new events."""

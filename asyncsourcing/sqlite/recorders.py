@@ -22,6 +22,7 @@ import aiosqlite
 
 from asyncsourcing.batching import TrackingBatches
 from asyncsourcing.coalescing import WriteCoalescer
+from asyncsourcing.leases import Lease
 from asyncsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
@@ -39,6 +40,7 @@ from asyncsourcing.persistence import (
     parked_table_name,
 )
 from asyncsourcing.sqlite.datastore import SQLiteDatastore
+from asyncsourcing.sqlite.leases import SQLiteLeases
 from asyncsourcing.sqlite.subscription import SQLiteSubscription
 from asyncsourcing.waiting import PositionBoard
 
@@ -420,7 +422,9 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
             lock=self._max_tracking_id,
             read_max=self._max_tracking_id,
             compare_and_set=self._compare_and_set_tracking,
+            check_fence=self._check_fence,
         )
+        self._leases: SQLiteLeases | None = None
 
     def _upsert_tracking_statement(self, condition: str) -> str:
         """Inserts the first row of an application, or moves its row forward
@@ -533,6 +537,9 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
             raise IntegrityError(msg)
         self._advance_after_commit(connection, tracking)
 
+    async def _check_fence(self, conn: Any, lease: Lease) -> None:
+        await self.leases.check_fence(conn, lease)
+
     def _advance_after_commit(
         self, connection: aiosqlite.Connection, tracking: Tracking
     ) -> None:
@@ -542,7 +549,7 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
         )
 
     def batch_transaction(
-        self, application_name: str | None = None
+        self, application_name: str | None = None, fence: Lease | None = None
     ) -> AbstractAsyncContextManager[TrackingBatch]:
         """A write transaction that this view's own transactions join.
 
@@ -550,8 +557,14 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
         them (and their last tracking position) together.
         """
         return self._tracking_batches.batch(
-            self.datastore.transaction(commit=True), application_name
+            self.datastore.transaction(commit=True), application_name, fence
         )
+
+    @property
+    def leases(self) -> SQLiteLeases:
+        if self._leases is None:
+            self._leases = SQLiteLeases(self.datastore)
+        return self._leases
 
     def _advance(self, application_name: str, notification_id: int) -> None:
         # In-process waiters learn the position from the commit itself.

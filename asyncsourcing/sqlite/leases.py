@@ -1,0 +1,168 @@
+"""Leases of projections in an SQLite file, for runners in several processes.
+
+See :mod:`asyncsourcing.leases`. Write transactions lock the whole file
+(``BEGIN IMMEDIATE``), so the fence check of a view transaction needs no
+lock of its own. The fast path: a lease whose owner's process, on this
+host, has exited is taken over at once (:func:`has_exited_here`); otherwise
+a takeover after a crash waits for the lease to expire.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from asyncsourcing.leases import FencedError, Lease, Leases, has_exited_here
+
+if TYPE_CHECKING:
+    import aiosqlite
+
+    from asyncsourcing.sqlite.datastore import SQLiteDatastore
+
+__all__ = ["SQLiteLeases"]
+
+_COLUMNS = (
+    "application_name, projection_name, owner, epoch, expires_at, acquired_at, "
+    "holder_pid"
+)
+# The database's clock, in seconds since the epoch (SQLite 3.40 has no
+# unixepoch('subsec')).
+_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+class SQLiteLeases(Leases):
+    """The ``asyncsourcing_leases`` table of an SQLite file."""
+
+    def __init__(self, datastore: SQLiteDatastore) -> None:
+        self.datastore = datastore
+        table = f'"{self.table_name}"'  # A fixed, plain identifier.
+        self.create_table_statement = (
+            f"CREATE TABLE IF NOT EXISTS {table} ("
+            "application_name TEXT, projection_name TEXT, owner TEXT NOT NULL, "
+            "epoch INTEGER NOT NULL, expires_at REAL NOT NULL, "
+            "acquired_at REAL NOT NULL, holder_pid INTEGER, "
+            "PRIMARY KEY (application_name, projection_name)) WITHOUT ROWID"
+        )
+        self.acquire_statement = (
+            f"INSERT INTO {table} ({_COLUMNS}) "
+            f"VALUES (?, ?, ?, 1, {_NOW} + ?, {_NOW}, ?) "
+            "ON CONFLICT (application_name, projection_name) DO UPDATE SET "
+            f"owner = excluded.owner, epoch = {table}.epoch + 1, "
+            "expires_at = excluded.expires_at, acquired_at = excluded.acquired_at, "
+            "holder_pid = excluded.holder_pid "
+            f"WHERE {table}.expires_at <= {_NOW} "
+            f"OR ({table}.owner = ? AND {table}.epoch = ?) "
+            f"RETURNING {_COLUMNS}"
+        )
+        # An expired lease whose epoch has not moved is still the owner's:
+        # nobody processed meanwhile, so renewing it late is safe.
+        self.renew_statement = (
+            f"UPDATE {table} SET expires_at = {_NOW} + ?, holder_pid = ? "
+            "WHERE application_name = ? AND projection_name = ? "
+            f"AND owner = ? AND epoch = ? RETURNING {_COLUMNS}"
+        )
+        self.release_statement = (
+            f"UPDATE {table} SET expires_at = 0, holder_pid = NULL "
+            "WHERE application_name = ? AND projection_name = ? "
+            "AND owner = ? AND epoch = ?"
+        )
+        self.read_statement = (
+            f"SELECT {_COLUMNS} FROM {table} "
+            "WHERE application_name = ? AND projection_name = ?"
+        )
+        self.fence_statement = (
+            f"SELECT owner, epoch FROM {table} "
+            "WHERE application_name = ? AND projection_name = ?"
+        )
+
+    async def create_table(self) -> None:
+        async with self.datastore.transaction(commit=True) as conn:
+            await conn.execute(self.create_table_statement)
+
+    async def acquire(
+        self,
+        application_name: str,
+        projection_name: str,
+        owner: str,
+        ttl: float,
+        *,
+        holder_pid: int | None = None,
+    ) -> Lease | None:
+        async with self.datastore.transaction(commit=True) as conn:
+            # Read and write under the file's write lock: the owner judged
+            # gone is the one replaced.
+            rows = list(
+                await conn.execute_fetchall(
+                    self.fence_statement, (application_name, projection_name)
+                )
+            )
+            gone = rows[0] if rows and has_exited_here(rows[0][0]) else (None, None)
+            rows = list(
+                await conn.execute_fetchall(
+                    self.acquire_statement,
+                    (application_name, projection_name, owner, ttl, holder_pid, *gone),
+                )
+            )
+        return _lease(rows[0]) if rows else None
+
+    async def renew(self, lease: Lease, ttl: float) -> Lease | None:
+        return await self._write(
+            self.renew_statement,
+            (
+                ttl,
+                lease.holder_pid,
+                lease.application_name,
+                lease.projection_name,
+                lease.owner,
+                lease.epoch,
+            ),
+        )
+
+    async def release(self, lease: Lease) -> None:
+        async with self.datastore.transaction(commit=True) as conn:
+            await conn.execute(
+                self.release_statement,
+                (
+                    lease.application_name,
+                    lease.projection_name,
+                    lease.owner,
+                    lease.epoch,
+                ),
+            )
+
+    async def read(self, application_name: str, projection_name: str) -> Lease | None:
+        async with self.datastore.transaction() as conn:
+            rows = list(
+                await conn.execute_fetchall(
+                    self.read_statement, (application_name, projection_name)
+                )
+            )
+        return _lease(rows[0]) if rows else None
+
+    async def check_fence(self, conn: aiosqlite.Connection, lease: Lease) -> None:
+        """Raise :class:`FencedError` unless ``lease`` still holds, in the
+        transaction of ``conn`` (which has the file's write lock)."""
+        rows = list(
+            await conn.execute_fetchall(
+                self.fence_statement, (lease.application_name, lease.projection_name)
+            )
+        )
+        row = rows[0] if rows else None
+        FencedError.unless_held(lease, None if row is None else (row[0], row[1]))
+
+    async def _write(self, statement: str, parameters: tuple[Any, ...]) -> Lease | None:
+        async with self.datastore.transaction(commit=True) as conn:
+            rows = list(await conn.execute_fetchall(statement, parameters))
+        return _lease(rows[0]) if rows else None
+
+
+def _lease(row: Any) -> Lease:
+    return Lease(
+        application_name=row[0],
+        projection_name=row[1],
+        owner=row[2],
+        epoch=row[3],
+        expires_at=datetime.fromtimestamp(row[4], UTC),
+        acquired_at=datetime.fromtimestamp(row[5], UTC),
+        holder_pid=row[6],
+    )

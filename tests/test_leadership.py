@@ -1,0 +1,276 @@
+"""Leadership: of the runners of one projection, one processes, the others stand by.
+
+The lease row in ``asyncsourcing_leases`` says who leads; each view
+transaction of the leader checks it (fencing); a standby takes over when the
+leader stops, when its session ends (PostgreSQL's fast path), or when its
+lease expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from asyncsourcing.application import Application
+from asyncsourcing.domain import Aggregate
+from asyncsourcing.leases import FencedError, Leases
+from asyncsourcing.projection import ProjectionRunner
+from examples.eventcounters.postgres import PostgresEventCounters
+from examples.eventcounters.projection import EventCountersProjection
+from examples.eventcounters.sqlite import SQLiteEventCounters
+from tests.test_postgres_support import admin_connection, factory_env, pg_schema, quote
+
+__all__ = ["pg_schema"]  # A fixture, for the Postgres runs.
+
+Runner = ProjectionRunner[Application[UUID], Any]
+
+
+class Backend:
+    def __init__(self, name: str, env: dict[str, str], view_class: type[Any]) -> None:
+        self.name = name
+        self.env = env
+        self.view_class = view_class
+
+    def runner(self, **env: str) -> Runner:
+        return ProjectionRunner(
+            application_class=Application[UUID],
+            projection_class=EventCountersProjection,
+            view_class=self.view_class,
+            env={**self.env, **env},
+        )
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "sqlite":
+        env = {
+            "PERSISTENCE_MODULE": "asyncsourcing.sqlite",
+            "SQLITE_DBNAME": str(tmp_path / "app.sqlite"),
+            "EVENTCOUNTERS_SQLITE_DBNAME": str(tmp_path / "view.sqlite"),
+        }
+        return Backend("sqlite", env, SQLiteEventCounters)
+    schema = request.getfixturevalue("pg_schema")
+    env = factory_env(request.getfixturevalue("postgres_env"), schema)
+    return Backend("postgres", env, PostgresEventCounters)
+
+
+@contextlib.asynccontextmanager
+async def running(*runners: Runner) -> AsyncIterator[tuple[Runner, ...]]:
+    async with contextlib.AsyncExitStack() as stack:
+        for runner in runners:
+            await stack.enter_async_context(runner)
+        yield runners
+
+
+async def save_created(app: Application[UUID], count: int) -> int:
+    recordings = await app.save(*(Aggregate() for _ in range(count)))
+    return recordings[-1].notification.id
+
+
+async def eventually(condition: Callable[[], Any], timeout: float = 5.0) -> float:
+    """Seconds until ``condition()`` (awaited if need be) is true."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return loop.time() - started
+        assert loop.time() - started < timeout, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def leases_of(runner: Runner) -> Leases:
+    leases = runner.view.leases
+    assert leases is not None
+    return leases
+
+
+async def test_one_runner_leads_the_others_stand_by_and_read_their_writes(
+    backend: Backend,
+) -> None:
+    async with running(backend.runner(), backend.runner(), backend.runner()) as runners:
+        first, *others = runners
+        stats = [await runner.statistics() for runner in runners]
+        assert [s.role for s in stats] == ["leader", "standby", "standby"]
+        assert stats[0].epoch == 1 and stats[0].owner is not None
+        assert all(s.epoch is None and s.is_running for s in stats[1:])
+        lease = await leases_of(first).read(
+            first.app_name, EventCountersProjection.name
+        )
+        assert lease is not None and lease.owner == stats[0].owner
+
+        # Events saved by a standby's application are processed by the
+        # leader, and the standby's view wakes up to them.
+        last = await save_created(others[0].app, 10)
+        await others[0].wait(last, timeout=5)
+        await others[1].view.wait(others[1].app_name, last, timeout=5)
+        assert await first.view.get_created_event_counter() == 10
+        assert [(await r.statistics()).events_processed for r in runners] == [10, 0, 0]
+
+
+async def test_a_standby_takes_over_when_the_leader_stops(backend: Backend) -> None:
+    first, second = backend.runner(), backend.runner()
+    async with running(second):
+        await first.start()  # second leads, first stands by
+        assert (first.role, second.role) == ("standby", "leader")
+        last = await save_created(second.app, 5)
+        await first.wait(last, timeout=5)
+    # second stopped cleanly: it gave the lease back, first takes it at once.
+    try:
+        took = await eventually(lambda: first.role == "leader", timeout=3)
+        assert took < 1.5
+        assert (await first.statistics()).epoch == 2
+        last = await save_created(first.app, 5)
+        await first.wait(last, timeout=5)
+        assert await first.view.get_created_event_counter() == 10
+    finally:
+        await first.aclose()
+
+
+async def test_a_fenced_leader_commits_nothing_and_stands_by(backend: Backend) -> None:
+    # A short time to live, so that the test's takeover is quick.
+    leader, standby = backend.runner(LEASE_TTL="1"), backend.runner(LEASE_TTL="1")
+    async with running(leader, standby):
+        last = await save_created(leader.app, 3)
+        await leader.wait(last, timeout=5)
+        lease = leader.lease
+        assert lease is not None and lease.epoch == 1
+
+        # Another runner takes the lease over, as if the leader had paused
+        # past its expiry: an intruder, or the standby if it is quicker.
+        leases = leases_of(leader)
+        await leases.release(lease)
+        await leases.acquire(lease.application_name, lease.projection_name, "x", 1)
+        current = await leases.read(lease.application_name, lease.projection_name)
+        assert current is not None and current.epoch == 2
+        assert current.owner != lease.owner
+
+        # The former leader's view transactions are refused from now on.
+        transaction = leader.view.batch_transaction(leader.app_name, fence=lease)
+        with pytest.raises(FencedError, match="epoch 1"):
+            async with transaction:
+                pass
+        await eventually(lambda: leader.role == "standby", timeout=5)
+
+        # Whoever leads next processes what follows, once.
+        last = await save_created(leader.app, 4)
+        await leader.wait(last, timeout=5)
+        await standby.wait(last, timeout=5)
+        assert await standby.view.get_created_event_counter() == 7
+        counts = [(await r.statistics()).events_processed for r in (leader, standby)]
+        assert sum(counts) == 7
+
+
+@pytest.mark.postgres
+async def test_postgres_takeover_is_fast_when_the_leaders_session_ends(
+    postgres_env: dict[str, str], pg_schema: str
+) -> None:
+    backend = Backend(
+        "postgres", factory_env(postgres_env, pg_schema), PostgresEventCounters
+    )
+    leader, standby = backend.runner(), backend.runner()
+    async with running(leader, standby):
+        lease = leader.lease
+        assert lease is not None and lease.holder_pid is not None
+        # The leader's process dies: its sessions end, its lease does not.
+        async with admin_connection(postgres_env) as admin:
+            await admin.execute("SELECT pg_terminate_backend($1)", lease.holder_pid)
+        took = await eventually(lambda: standby.role == "leader", timeout=5)
+        assert took < 1.0  # The lease's time to live is 10 s.
+
+
+@pytest.mark.postgres
+async def test_postgres_without_the_fast_path_holds_no_session(
+    postgres_env: dict[str, str], pg_schema: str
+) -> None:
+    # For poolers in transaction mode (PgBouncer, RDS Proxy), where a session
+    # lock would pin a server connection. Takeover after a crash then waits
+    # for expiry (tests/test_replicas.py kills a process to show it).
+    backend = Backend(
+        "postgres", factory_env(postgres_env, pg_schema), PostgresEventCounters
+    )
+    env = {"LEASE_FAST_TAKEOVER": "false", "LEASE_TTL": "1.5"}
+    leader, standby = backend.runner(**env), backend.runner(**env)
+    async with running(leader, standby):
+        lease = leader.lease
+        assert lease is not None and lease.holder_pid is None
+        async with admin_connection(postgres_env) as admin:
+            schema = quote(pg_schema)
+            count = await admin.fetchval(
+                f"SELECT count(*) FROM {schema}.asyncsourcing_leases"
+            )
+            assert count == 1
+            advisory = await admin.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+            )
+            assert advisory == 0
+
+
+async def test_sqlite_takes_over_at_once_from_a_process_that_has_exited(
+    tmp_path: Path,
+) -> None:
+    backend = Backend(
+        "sqlite",
+        {
+            "PERSISTENCE_MODULE": "asyncsourcing.sqlite",
+            "SQLITE_DBNAME": str(tmp_path / "app.sqlite"),
+        },
+        SQLiteEventCounters,
+    )
+    runner = backend.runner()
+    leases = leases_of(runner)
+    await leases.create_table()
+    app, projection = runner.app_name, EventCountersProjection.name
+    host = socket.gethostname()
+    exited = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await exited.wait()  # Reaped: no process has its pid now (nor soon after).
+    dead_pid = exited.pid
+    try:
+        # A live process of this host holds the lease for a minute: no takeover.
+        alive = await leases.acquire(app, projection, f"{host}:{os.getpid()}:a", 60)
+        assert alive is not None and alive.epoch == 1
+        assert await leases.acquire(app, projection, f"{host}:1:b", 60) is None
+
+        # Its holder exits without giving it back: the next acquire takes it,
+        # though it has not expired.
+        await leases.release(alive)
+        gone = await leases.acquire(app, projection, f"{host}:{dead_pid}:c", 60)
+        assert gone is not None and gone.epoch == 2
+        taken = await leases.acquire(app, projection, f"{host}:{os.getpid()}:d", 60)
+        assert taken is not None and taken.epoch == 3
+
+        # The same owner on another host may still run: no takeover.
+        await leases.release(taken)
+        elsewhere = await leases.acquire(app, projection, f"elsewhere:{dead_pid}:e", 60)
+        assert elsewhere is not None
+        assert await leases.acquire(app, projection, f"{host}:1:f", 60) is None
+    finally:
+        await runner.aclose()
+
+
+def test_bad_lease_settings_name_the_variable(tmp_path: Path) -> None:
+    backend = Backend(
+        "sqlite",
+        {
+            "PERSISTENCE_MODULE": "asyncsourcing.sqlite",
+            "SQLITE_DBNAME": str(tmp_path / "app.sqlite"),
+        },
+        SQLiteEventCounters,
+    )
+    with pytest.raises(ValueError, match="LEASE_TTL"):
+        backend.runner(LEASE_TTL="soon")
+    with pytest.raises(ValueError, match="LEASE_TTL"):
+        backend.runner(LEASE_TTL="0")
+    with pytest.raises(ValueError, match="LEADERSHIP"):
+        backend.runner(LEADERSHIP="perhaps")
