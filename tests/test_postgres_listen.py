@@ -6,9 +6,10 @@ separate processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from uuid import uuid4
 
@@ -375,3 +376,72 @@ async def test_reconnection_backs_off_while_the_server_refuses(
         assert attempts[1] - attempts[0] >= 0.04
         assert attempts[2] - attempts[1] >= attempts[1] - attempts[0]
         assert listener.reconnections == 1
+
+
+@contextlib.asynccontextmanager
+async def role_of_its_own(
+    postgres_env: dict[str, str],
+) -> AsyncIterator[dict[str, str]]:
+    """A new superuser role, for connections that a test can lock out alone.
+
+    Yields the ``POSTGRES_USER`` and ``POSTGRES_PASSWORD`` of the role; the
+    role is dropped afterwards (it owns nothing: tables are created by the
+    tests' usual role).
+    """
+    role, password = f"test_{uuid4().hex[:12]}", uuid4().hex
+    async with admin_connection(postgres_env) as admin:
+        await admin.execute(
+            f"CREATE ROLE {quote(role)} LOGIN SUPERUSER PASSWORD '{password}'"
+        )
+    try:
+        yield {"POSTGRES_USER": role, "POSTGRES_PASSWORD": password}
+    finally:
+        async with admin_connection(postgres_env) as admin:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE usename = $1",
+                role,
+            )
+            await admin.execute(f"DROP ROLE {quote(role)}")
+
+
+async def test_the_poll_goes_on_while_the_listener_cannot_reconnect(
+    postgres_env: dict[str, str], pg_schema: str
+) -> None:
+    # The waiting side logs in as a role of its own, which is then refused
+    # new logins: its LISTEN connection, once killed, cannot be re-opened,
+    # while its pooled connections, already open, still read.
+    async with role_of_its_own(postgres_env) as role:
+        waiting_env = {**role, "POSTGRES_POLL_INTERVAL": "0.5", "CREATE_TABLE": "false"}
+        async with (
+            factory(postgres_env, pg_schema) as writing_side,
+            factory(postgres_env, pg_schema, **waiting_env) as waiting_side,
+            admin_connection(postgres_env) as admin,
+        ):
+            writer = await writing_side.tracking_recorder()
+            await writer.insert_tracking(Tracking("upstream", 1))
+            view = await waiting_side.tracking_recorder()
+            await view.wait("upstream", 1, timeout=5)  # Listening, and polling.
+            listener = waiting_side.datastore.listener
+            assert listener.is_connected
+
+            role_name = quote(role["POSTGRES_USER"])
+            await admin.execute(f"ALTER ROLE {role_name} NOLOGIN")
+            await admin.fetchval(
+                "SELECT pg_terminate_backend($1, 5000)", listener.server_pid
+            )
+            for _ in range(100):
+                if not listener.is_connected:
+                    break
+                await asyncio.sleep(0.01)
+            assert not listener.is_connected
+            # Recorded while the listener is down: announced to no one.
+            await writer.insert_tracking(Tracking("upstream", 2))
+
+            started = time.monotonic()
+            await view.wait("upstream", 2, timeout=5)
+            # Within a poll interval or so, while the listener still tries
+            # to reconnect.
+            assert time.monotonic() - started < 1.5
+            assert not listener.is_connected
+            await admin.execute(f"ALTER ROLE {role_name} LOGIN")

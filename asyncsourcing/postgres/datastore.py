@@ -69,6 +69,14 @@ _creating_tables: contextvars.ContextVar[bool] = contextvars.ContextVar(
 
 _POOL_CLOSE_TIMEOUT = 5.0
 
+# What the error of a statement on a lost connection says (asyncpg only says
+# that the connection is closed, or "released back to the pool").
+_LOST = (
+    "The connection to PostgreSQL was lost (the server ended the session: a "
+    "restart, pg_terminate_backend(), a transaction left idle longer than "
+    "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT; or the network failed)"
+)
+
 
 class PostgresDatastore:
     """Connections to one PostgreSQL database and schema.
@@ -160,7 +168,11 @@ class PostgresDatastore:
 
         The transaction commits when the block ends, if ``commit`` is true,
         and is rolled back otherwise, or when the block raises. asyncpg's
-        errors raised in the block come out as PEP 249 errors.
+        errors raised in the block come out as PEP 249 errors; whatever the
+        block raises once its connection is lost (terminated, timed out by
+        the server) comes out as :class:`OperationalError`, or as
+        :class:`InterfaceError` for asyncpg's own state: errors of the
+        database, not of the caller's work.
 
         Inside a transaction of the same task, this joins it: it yields the
         enclosing connection, and the enclosing transaction commits or rolls
@@ -242,19 +254,20 @@ class PostgresDatastore:
                 raise OperationalError(msg) from error.__cause__
             raise
         try:
-            with translate_errors():
-                yield conn
+            yield conn
         except BaseException as error:
+            translated = _classify(conn, error)
             # A server's error (a conflict, say) or the caller's own leaves
             # the connection ready for the next statement; a lost connection
             # or an interrupted exchange may leave it mid-protocol, so it is
             # not handed out again.
             if isinstance(error.__cause__ or error, _BROKEN_CONNECTION_ERRORS):
-                conn.terminate()
-            raise
+                _terminate(conn)
+            if translated is error:
+                raise
+            raise translated from error
         finally:
-            # asyncpg shields the release, and discards a terminated connection.
-            await pool.release(conn)
+            await _release(pool, conn)
 
     async def _get_pool(self) -> asyncpg.Pool[asyncpg.Record]:
         if self._pool is not None:
@@ -453,11 +466,74 @@ def _call(callback: Callable[[], None]) -> None:
 
 async def _rollback_quietly(transaction: asyncpg.transaction.Transaction) -> None:
     # The original error matters, not a failure to roll back (the connection
-    # may be gone; the pool discards it on release).
+    # may be gone, or asyncpg's protocol left in another state: the pool
+    # discards it on release).
     try:
         await transaction.rollback()
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
-        logger.debug("Rollback failed: %s", translate_error(error))
+    except Exception as error:
+        logger.debug("Rollback failed: %r", error)
+
+
+def _classify(conn: PostgresConnection, error: BaseException) -> BaseException:
+    """What a block that used ``conn`` raises for ``error``.
+
+    asyncpg's errors come out as PEP 249 errors, the caller's own errors as
+    they are, except when ``conn`` has been lost meanwhile: then the block's
+    work cannot have committed, whatever the error says (asyncpg's "released
+    back to the pool", or a projection's own error wrapping asyncpg's), so
+    it comes out as an :class:`OperationalError`, which projection runners
+    answer by reconnecting or stopping, never by skipping the event.
+    """
+    translated = error
+    if isinstance(
+        error,
+        asyncpg.PostgresError
+        | asyncpg.InterfaceError
+        | asyncpg.exceptions.InternalClientError,
+    ):
+        translated = translate_error(error)
+    if (
+        isinstance(error, Exception)  # Not a cancellation.
+        and not isinstance(translated, OperationalError)
+        and _is_lost(conn)
+    ):
+        return OperationalError(f"{_LOST}: {type(error).__name__}: {error}")
+    return translated
+
+
+def _is_lost(conn: PostgresConnection) -> bool:
+    """True if ``conn`` is closed, or asyncpg has taken it back from us."""
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:
+        # "connection has been released back to the pool": asyncpg detaches
+        # a pooled connection from its proxy when the connection is lost.
+        return True
+
+
+def _terminate(conn: PostgresConnection) -> None:
+    # Already released ("connection has been released back to the pool"):
+    # asyncpg has discarded the lost connection itself.
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
+
+
+async def _release(
+    pool: asyncpg.Pool[asyncpg.Record],
+    conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record],
+) -> None:
+    """Give ``conn`` back to ``pool``, which discards it if it is broken.
+
+    The block's outcome is settled by now (committed, rolled back or
+    raised): a failure to reset the connection, or a pool terminated
+    meanwhile, must not replace it. asyncpg terminates a connection whose
+    reset fails, so nothing is left open.
+    """
+    try:
+        # asyncpg shields the release, and discards a terminated connection.
+        await pool.release(conn)
+    except Exception as error:
+        logger.debug("Releasing a Postgres connection failed: %r", error)
 
 
 async def _close_pool(pool: asyncpg.Pool[asyncpg.Record]) -> None:

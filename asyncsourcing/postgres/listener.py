@@ -12,7 +12,10 @@ whoever may have missed something is told to look again:
   channel is listened to again, and then every registration is resynced with
   ``missed=True``;
 * every ``poll_interval`` seconds every registration is resynced with
-  ``missed=False``: the slow safety net, never what sets the latency.
+  ``missed=False``: the slow safety net, never what sets the latency. It
+  goes on whatever the connection is doing: while it cannot be re-opened
+  (the server refuses logins, say), waiters still learn of the positions
+  that the pool can read.
 
 It is not a pooled connection: LISTEN belongs to a session, and a pooled
 connection is reset (``UNLISTEN *``) whenever it is released.
@@ -23,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,7 +76,8 @@ class PostgresListener:
 
     Opens its connection on the first :meth:`listening`, and from then on runs
     one supervising task (the poll ticks, the ping, the reconnection) until
-    :meth:`close`.
+    :meth:`close`; a ping or a reconnection runs in a task of its own while
+    it lasts, so that the poll ticks go on meanwhile.
     """
 
     def __init__(self, connect: Connect, *, poll_interval: float) -> None:
@@ -165,25 +169,32 @@ class PostgresListener:
             self._listened.add(channel)
 
     async def close(self) -> None:
-        """Close the connection, stop the task, release waiters; idempotent."""
+        """Close the connection, stop the task, release waiters; idempotent.
+
+        If the caller is cancelled meanwhile, the connection is terminated
+        rather than left open.
+        """
         if self._closed:
             return
         self._closed = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         conn, self._conn = self._conn, None
         self._listened.clear()
-        if conn is not None:
-            await _close_connection(conn)
         registrations = [r for rs in self._registrations.values() for r in rs]
         self._registrations.clear()
         for registration in registrations:
             registration.active = False
             if registration.on_close is not None:
                 _call(registration.on_close)
+        try:
+            if task is not None:
+                task.cancel()
+                # Unlike awaiting the task, this raises no CancelledError of
+                # its: only ours, if our caller is cancelled.
+                await asyncio.wait({task})
+        finally:
+            if conn is not None:
+                await _close_connection(conn)
 
     # Internals.
 
@@ -218,6 +229,7 @@ class PostgresListener:
                     _call(registration.on_resync, missed)
 
     async def _supervise(self) -> None:
+        """Poll ticks; a ping now and then; a reconnection when it is lost."""
         loop = asyncio.get_running_loop()
         next_ping = loop.time() + _PING_INTERVAL
         while True:
@@ -230,15 +242,36 @@ class PostgresListener:
                     self._resync(missed=False)
                     if loop.time() >= next_ping:
                         next_ping = loop.time() + _PING_INTERVAL
-                        await self._ping()
+                        await self._polling_meanwhile(self._ping())
                     continue
-                await self._reconnect()
+                await self._polling_meanwhile(self._reconnect())
                 self.reconnections += 1
                 self._resync(missed=True)
             except Exception:
                 # The task is the only one to reconnect: it must outlive bugs.
                 logger.exception("Error in the Postgres listener task")
                 await asyncio.sleep(self._poll_interval)
+
+    async def _polling_meanwhile(self, work: Coroutine[Any, Any, None]) -> None:
+        """Await ``work``, resyncing every registration each poll interval.
+
+        ``work`` runs in a task of its own, for as long as it lasts: a server
+        that refuses connections for minutes, or a ping that gets no answer,
+        does not stop the poll.
+        """
+        task = asyncio.create_task(work, name="asyncsourcing postgres listener work")
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=self._poll_interval)
+                if not task.done():
+                    self._resync(missed=False)
+            task.result()
+        finally:
+            if not task.done():
+                # We are cancelled (closed): so is the work, which then
+                # terminates a connection it has just opened.
+                task.cancel()
+                await asyncio.wait({task})
 
     async def _ping(self) -> None:
         conn = self._conn
@@ -247,7 +280,13 @@ class PostgresListener:
         try:
             async with self._lock:
                 await conn.fetchval("SELECT 1", timeout=_PING_TIMEOUT)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+        except (
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.exceptions.InternalClientError,
+            OSError,
+            TimeoutError,
+        ):
             logger.warning("Postgres LISTEN connection does not answer; reconnecting")
             self._mark_lost(conn)
 
@@ -302,3 +341,7 @@ async def _close_connection(conn: asyncpg.Connection[Any]) -> None:
         await asyncio.wait_for(conn.close(), _CLOSE_TIMEOUT)
     except Exception:
         conn.terminate()
+    except BaseException:
+        # Cancelled: still leave no connection behind.
+        conn.terminate()
+        raise

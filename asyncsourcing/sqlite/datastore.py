@@ -67,6 +67,10 @@ _SQLITE_LOCKED = 6
 _SQLITE_CANTOPEN = 14
 _SQLITE_NOTADB = 26
 
+# sqlite3's message for a statement on a closed connection: a
+# ProgrammingError, but the connection's state, not the caller's mistake.
+_CLOSED_DATABASE = "Cannot operate on a closed database"
+
 # Most specific first: every sqlite3 error class but InterfaceError derives
 # from sqlite3.DatabaseError.
 _ERROR_CLASSES: tuple[tuple[type[sqlite3.Error], type[PersistenceError]], ...] = (
@@ -120,6 +124,12 @@ def translate_error(
         message = (
             f"The file of SQLite database {db_name!r} (setting SQLITE_DBNAME) "
             f"is not a SQLite database ({error}); it was left unchanged"
+        )
+    if isinstance(error, sqlite3.ProgrammingError) and message.startswith(
+        _CLOSED_DATABASE
+    ):
+        return InterfaceError(
+            f"The connection to SQLite database {db_name!r} is closed ({error})"
         )
     for sqlite_class, error_class in _ERROR_CLASSES:
         if isinstance(error, sqlite_class):
@@ -362,7 +372,7 @@ class SQLiteDatastore:
             try:
                 yield connection
             except BaseException as error:
-                self._raise_translated(error)
+                self._raise_translated(error, connection)
 
     def in_transaction(self) -> bool:
         """True when the current task has a transaction open on this datastore."""
@@ -391,7 +401,7 @@ class SQLiteDatastore:
                     await connection.rollback()
             except BaseException as error:
                 await self._abandon(connection)
-                self._raise_translated(error)
+                self._raise_translated(error, connection)
             finally:
                 del self._after_commit[connection]
                 if task is not None:
@@ -416,20 +426,44 @@ class SQLiteDatastore:
         except Exception:
             self._broken.add(connection)
 
-    def _raise_translated(self, error: BaseException) -> NoReturn:
-        """Raise ``error`` as a PEP 249 error (with it as the cause), or as it is."""
-        translated = self._translate(error)
+    def _raise_translated(
+        self, error: BaseException, connection: aiosqlite.Connection | None = None
+    ) -> NoReturn:
+        """Raise ``error`` as a PEP 249 error (with it as the cause), or as it is.
+
+        ``connection`` is the connection the failed work was done on, if any.
+        """
+        translated = self._translate(error, connection)
         if translated is error:
             raise error
         raise translated from error
 
-    def _translate(self, error: BaseException) -> BaseException:
+    def _translate(
+        self, error: BaseException, connection: aiosqlite.Connection | None = None
+    ) -> BaseException:
+        translated = error
         if isinstance(error, sqlite3.Error):
-            return translate_error(error, self.db_name, self.lock_timeout)
+            translated = translate_error(error, self.db_name, self.lock_timeout)
         if self._closed and isinstance(error, ValueError):
             # aiosqlite's "Connection closed": close() closed it under us.
             return self._closed_error()
-        return error
+        if (
+            connection is not None
+            and isinstance(error, Exception)  # Not a cancellation.
+            and not isinstance(translated, OperationalError | InterfaceError)
+            and _is_closed(connection)
+        ):
+            # The work on a closed connection cannot have committed, whatever
+            # the error says (aiosqlite's ValueError "Connection closed", or
+            # the caller's own error wrapping it): a connection error, which
+            # projection runners answer by reconnecting or stopping, never
+            # by skipping the event.
+            msg = (
+                f"The connection to SQLite database {self.db_name!r} was closed: "
+                f"{type(error).__name__}: {error}"
+            )
+            return OperationalError(msg)
+        return translated
 
     # Connections.
 
@@ -575,6 +609,18 @@ async def _close_connection(connection: aiosqlite.Connection) -> None:
             logger.warning("Gave up waiting for %s to end", thread.name)
             return
         await asyncio.sleep(0.001)
+
+
+def _is_closed(connection: aiosqlite.Connection) -> bool:
+    """True if ``connection`` refuses work: closed, stopped, or never opened.
+
+    aiosqlite has no public way to ask; this is the test its own methods
+    make before they raise ``ValueError("Connection closed")``. Should a
+    later aiosqlite rename its attributes, connections count as open, so the
+    caller's errors stay the caller's.
+    """
+    running = getattr(connection, "_running", True)
+    return not running or getattr(connection, "_connection", ...) is None
 
 
 def _worker_thread(connection: aiosqlite.Connection) -> threading.Thread | None:
