@@ -1,11 +1,13 @@
 """Catch-up into the tutorial's counters view on PostgreSQL, by batch size.
 
-    python -m benchmarks.batching [--events N] [--repetitions N]
+    python -m benchmarks.batching [--events N] [--repetitions N] [--fast]
 
 The main harness measures the runner as it is (batches of up to 500 events
 while catching up); this compares one view transaction per event with
 batches, on the same server in the same run. Starts its own throwaway
-PostgreSQL unless POSTGRES_HOST is set.
+PostgreSQL unless POSTGRES_HOST is set: durable, or with fsync,
+synchronous_commit and full_page_writes off with ``--fast``. It prints the
+server's values of those settings above the table.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from asyncsourcing.application import Application
 from asyncsourcing.domain import Aggregate
 from asyncsourcing.projection import ProjectionRunner
 from asyncsourcing.testing.pgserver import TemporaryPostgres
+from benchmarks.server import DURABILITY_SETTINGS, describe_durability
 from examples.eventcounters.postgres import PostgresEventCounters
 from examples.eventcounters.projection import EventCountersProjection
 
@@ -73,10 +76,29 @@ def _connect_kwargs(env: dict[str, str]) -> dict[str, Any]:
     }
 
 
+async def durability(env: dict[str, str]) -> dict[str, str]:
+    """The server's values of fsync, synchronous_commit and full_page_writes."""
+    conn = await asyncpg.connect(**_connect_kwargs(env))
+    try:
+        return {
+            name: await conn.fetchval(f"SHOW {name}") for name in DURABILITY_SETTINGS
+        }
+    finally:
+        await conn.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.batching")
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help=(
+            "start the throwaway server with fsync, synchronous_commit and "
+            "full_page_writes off (default: durable)"
+        ),
+    )
     args = parser.parse_args()
     with ExitStack() as stack:
         if "POSTGRES_HOST" in os.environ:
@@ -84,8 +106,10 @@ def main() -> None:
                 k: v for k, v in os.environ.items() if k.startswith("POSTGRES_")
             }
         else:
-            settings = stack.enter_context(TemporaryPostgres()).env()
+            server = TemporaryPostgres(durable=not args.fast)
+            settings = stack.enter_context(server).env()
         env = {"PERSISTENCE_MODULE": "asyncsourcing.postgres", **settings}
+        print(f"PostgreSQL: {describe_durability(asyncio.run(durability(env)))}\n")
         last = asyncio.run(record(env, args.events))
         print("| view transactions | events/s (median) | min | max |")
         print("|---|---:|---:|---:|")

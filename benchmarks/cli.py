@@ -14,6 +14,7 @@ from benchmarks.report import (
     markdown_table,
     plot_latency,
     plot_memory,
+    postgres_description,
     results_markdown,
 )
 from benchmarks.runner import BenchmarkError, Report, run
@@ -71,6 +72,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--strict", action="store_true", help="stop at the first failing trial"
     )
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help=(
+            "start the throwaway PostgreSQL server with fsync, synchronous_commit "
+            "and full_page_writes off (faster commits; a crash loses acknowledged "
+            "ones). Default: durable, as in production. The server's settings "
+            "are printed above the table and written to RESULTS.md"
+        ),
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser.parse_args(argv)
 
@@ -106,10 +117,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             backends=args.backend,
             repetitions=args.repetitions,
             strict=args.strict,
+            durable=not args.fast,
         )
     except BenchmarkError as error:
         print(f"benchmark failed: {error}", file=sys.stderr)
         return 1
+    if report.postgres_version:
+        print(postgres_description(report), end="\n\n")
     print(markdown_table(report))
     if report.errors:
         print("\nFailures:", *report.errors, sep="\n- ")

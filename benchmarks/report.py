@@ -13,12 +13,14 @@ from pathlib import Path
 
 from benchmarks.results import Metric, Row, Summary
 from benchmarks.runner import Report
+from benchmarks.server import describe_durability
 
 __all__ = [
     "machine_description",
     "markdown_table",
     "plot_latency",
     "plot_memory",
+    "postgres_description",
     "results_markdown",
 ]
 
@@ -151,16 +153,25 @@ def machine_description(report: Report) -> list[str]:
         f"- libraries: {libraries}; SQLite {sqlite3.sqlite_version}",
     ]
     if report.postgres_version:
-        where = (
-            "a throwaway server started by the harness "
-            "(`asyncsourcing.testing.pgserver.TemporaryPostgres`: fsync=off, "
-            "synchronous_commit=off, full_page_writes=off, shared_buffers=128MB, "
-            "pg_stat_statements preloaded), on the same machine"
-            if report.postgres_started_here
-            else "the server named by POSTGRES_HOST"
-        )
-        lines.append(f"- PostgreSQL {report.postgres_version}: {where}")
+        lines.append(f"- {postgres_description(report)}")
     return lines
+
+
+def postgres_description(report: Report) -> str:
+    """Which PostgreSQL server the run used, and how durable it was.
+
+    The durability is what the server said (``SHOW fsync`` and so on), not
+    what was asked of it.
+    """
+    where = (
+        "a throwaway server started by the harness "
+        "(`asyncsourcing.testing.pgserver.TemporaryPostgres`, shared_buffers=128MB, "
+        "pg_stat_statements preloaded), on the same machine"
+        if report.postgres_started_here
+        else "the server named by POSTGRES_HOST"
+    )
+    durability = describe_durability(report.postgres_durability)
+    return f"PostgreSQL {report.postgres_version}: {where}; {durability}"
 
 
 def results_markdown(report: Report, command: str, plots: list[str]) -> str:

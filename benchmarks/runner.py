@@ -57,6 +57,8 @@ class Report:
     elapsed: float = 0.0
     postgres_version: str = ""
     postgres_started_here: bool = False
+    #: The server's values of fsync, synchronous_commit and full_page_writes.
+    postgres_durability: dict[str, str] = field(default_factory=dict)
     query_counter_method: str = ""
 
     @property
@@ -81,11 +83,11 @@ def _available(backend: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _maybe_server(needed: bool) -> Iterator[PostgresServer | None]:
+def _maybe_server(needed: bool, *, durable: bool) -> Iterator[PostgresServer | None]:
     if not needed:
         yield None
         return
-    with postgres_server() as server:
+    with postgres_server(durable=durable) as server:
         yield server
 
 
@@ -108,6 +110,7 @@ def run(
     backends: Sequence[str] | None = None,
     repetitions: int | None = None,
     strict: bool = False,
+    durable: bool = True,
 ) -> Report:
     """Run the benchmarks and return what they measured.
 
@@ -115,7 +118,10 @@ def run(
     ``scenarios`` and ``backends`` select (default: all scenarios, the
     profile's backends). With ``strict``, the first failing trial raises
     :class:`BenchmarkError`; otherwise failures are logged, recorded in
-    ``Report.errors`` and shown in the table.
+    ``Report.errors`` and shown in the table. ``durable=False`` starts the
+    throwaway PostgreSQL server with fsync, synchronous_commit and
+    full_page_writes off (``TemporaryPostgres(durable=False)``); the
+    server's values are recorded in ``Report.postgres_durability``.
     """
     started = time.perf_counter()
     chosen = PROFILES[profile] if isinstance(profile, str) else profile
@@ -153,11 +159,12 @@ def run(
     )
     with (
         tempfile.TemporaryDirectory(prefix="asyncsourcing-bench-") as workdir,
-        _maybe_server(needs_server) as server,
+        _maybe_server(needs_server, durable=durable) as server,
     ):
         if server is not None:
             report.postgres_version = server.version
             report.postgres_started_here = server.started_here
+            report.postgres_durability = dict(server.durability)
             report.query_counter_method = server.counter_method
         for scenario in report.scenarios:
             for backend in runnable:

@@ -3,7 +3,11 @@
 Uses the server named by ``POSTGRES_HOST`` (and ``POSTGRES_PORT``,
 ``POSTGRES_USER``, ``POSTGRES_PASSWORD``, ``POSTGRES_DBNAME``) when that is
 set, else starts a throwaway :class:`TemporaryPostgres` with
-``pg_stat_statements`` preloaded. Every table of schema ``public`` is dropped
+``pg_stat_statements`` preloaded: durable by default (``fsync``,
+``synchronous_commit`` and ``full_page_writes`` on, as on a production
+server), or with those off when asked (``--fast``). Either way the server's
+own values of those settings are read (:data:`DURABILITY_SETTINGS`) and
+recorded with the results. Every table of schema ``public`` is dropped
 between measurements: never point the benchmarks at a database that holds
 anything else.
 
@@ -25,7 +29,17 @@ import psycopg
 from asyncsourcing.testing.pgserver import TemporaryPostgres
 from benchmarks.progress import log
 
-__all__ = ["PostgresServer", "QueryCounter", "postgres_server"]
+__all__ = [
+    "DURABILITY_SETTINGS",
+    "PostgresServer",
+    "QueryCounter",
+    "describe_durability",
+    "postgres_server",
+    "read_durability",
+]
+
+#: The server settings that decide what a commit costs, and what a crash loses.
+DURABILITY_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes")
 
 # Statements that are not queries: transaction control. They are excluded
 # from the counts (both libraries wrap their work in transactions, and count
@@ -44,6 +58,8 @@ class PostgresServer:
     started_here: bool
     version: str = ""
     counter_method: str = ""
+    #: The server's values of :data:`DURABILITY_SETTINGS`, read by :meth:`prepare`.
+    durability: dict[str, str] = field(default_factory=dict)
     _conn: psycopg.Connection[tuple[object, ...]] | None = field(
         default=None, repr=False
     )
@@ -74,9 +90,10 @@ class PostgresServer:
             self._conn = None
 
     def prepare(self) -> None:
-        """Read the server version and pick the query counting method."""
+        """Read the server version and durability, pick the query counting method."""
         row = self.conn.execute("SHOW server_version").fetchone()
         self.version = str(row[0]) if row else "?"
+        self.durability = read_durability(self.conn)
         try:
             self.conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             self.conn.execute(f"SELECT 1 FROM pg_stat_statements LIMIT 1 {_OWN}")
@@ -143,9 +160,43 @@ class QueryCounter:
         return self._read() - self._start
 
 
+def read_durability(
+    conn: psycopg.Connection[tuple[object, ...]],
+) -> dict[str, str]:
+    """The server's values of :data:`DURABILITY_SETTINGS` (``SHOW name``)."""
+    values = {}
+    for name in DURABILITY_SETTINGS:
+        row = conn.execute(
+            psycopg.sql.SQL("SHOW {} " + _OWN).format(psycopg.sql.Identifier(name))
+        ).fetchone()
+        values[name] = str(row[0]) if row else "?"
+    return values
+
+
+def describe_durability(durability: dict[str, str]) -> str:
+    """``durable (fsync=on, ...)``, or ``NOT durable (fsync=off, ...)``.
+
+    Durable: a commit that returned survives a crash of the server and of
+    the machine (``fsync`` and ``full_page_writes`` on, ``synchronous_commit``
+    anything but off).
+    """
+    values = ", ".join(f"{name}={value}" for name, value in durability.items())
+    durable = (
+        durability.get("fsync") == "on"
+        and durability.get("full_page_writes") == "on"
+        and durability.get("synchronous_commit", "off") != "off"
+    )
+    return f"{'durable' if durable else 'NOT durable'} ({values})"
+
+
 @contextlib.contextmanager
-def postgres_server() -> Iterator[PostgresServer]:
-    """The server to benchmark on: ``POSTGRES_HOST``'s, or a throwaway one."""
+def postgres_server(*, durable: bool = True) -> Iterator[PostgresServer]:
+    """The server to benchmark on: ``POSTGRES_HOST``'s, or a throwaway one.
+
+    ``durable`` chooses the throwaway server's settings
+    (``TemporaryPostgres(durable=...)``); a ``POSTGRES_HOST`` server is used
+    as it is configured.
+    """
     if os.environ.get("POSTGRES_HOST"):
         settings = {
             "POSTGRES_HOST": os.environ["POSTGRES_HOST"],
@@ -158,22 +209,27 @@ def postgres_server() -> Iterator[PostgresServer]:
         server = PostgresServer(settings=settings, started_here=False)
         try:
             server.prepare()
+            log(f"postgres: {server.version}, {describe_durability(server.durability)}")
             yield server
         finally:
             server.close()
         return
-    log("postgres: starting a temporary server")
+    log(f"postgres: starting a temporary server ({'durable' if durable else 'fast'})")
     with TemporaryPostgres(
+        durable=durable,
         settings={
             "shared_preload_libraries": "pg_stat_statements",
             "pg_stat_statements.track": "top",
             "max_connections": "300",
-        }
+        },
     ) as pg:
         server = PostgresServer(settings=pg.env(), started_here=True)
         try:
             server.prepare()
-            log(f"postgres: {server.version} on port {pg.port}")
+            log(
+                f"postgres: {server.version} on port {pg.port}, "
+                f"{describe_durability(server.durability)}"
+            )
             yield server
         finally:
             server.close()

@@ -1,10 +1,14 @@
 """Soak test: writers, a projection runner and waiters under injected faults.
 
-    python -m benchmarks.soak --seconds 60
+    python -m benchmarks.soak --seconds 60 [--fast]
 
 Starts a throwaway PostgreSQL (asyncsourcing.testing.pgserver) unless
 ``POSTGRES_HOST`` is set, and works in a schema of its own (dropped at the
-end). For ``--seconds`` it runs together:
+end). The throwaway server is durable (fsync, synchronous_commit and
+full_page_writes on), so that acknowledged events must survive its crashes;
+``--fast`` turns those off, and a crash of the server may then lose
+acknowledged events. The server's values of those settings are printed
+first. For ``--seconds`` it runs together:
 
 * writer tasks saving ``Counter`` aggregates, one event per save;
 * a ProjectionRunner projecting them live into a view that records every
@@ -45,6 +49,7 @@ from asyncsourcing.persistence import InfrastructureFactory, PersistenceError
 from asyncsourcing.projection import ProjectionRunner
 from asyncsourcing.testing.pgserver import TemporaryPostgres
 from asyncsourcing.utils import Environment
+from benchmarks.server import DURABILITY_SETTINGS, describe_durability
 from tests.faults_support import (
     Counter,
     Counters,
@@ -200,6 +205,10 @@ class Soak:
 
     async def run(self) -> int:
         admin = await self.admin()
+        durability = {
+            name: await admin.fetchval(f"SHOW {name}") for name in DURABILITY_SETTINGS
+        }
+        print(f"PostgreSQL: {describe_durability(durability)}", flush=True)
         await admin.execute(f"CREATE SCHEMA {_quote(self.schema)}")
         try:
             return await self._run(admin)
@@ -308,6 +317,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--waiters", type=int, default=4)
     parser.add_argument("--fault-interval", type=float, default=3.0)
     parser.add_argument("--catch-up-timeout", type=float, default=60.0)
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help=(
+            "start the throwaway server with fsync, synchronous_commit and "
+            "full_page_writes off (default: durable; a crash of a fast server "
+            "may lose acknowledged events)"
+        ),
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR)
@@ -330,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         pg_env = {k: os.environ.get(k) or defaults.get(k, "") for k in keys}
     else:
-        server = TemporaryPostgres()
+        server = TemporaryPostgres(durable=not args.fast)
         server.start()
         pg_env = dict(server.env())
     try:

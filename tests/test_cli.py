@@ -8,6 +8,7 @@ example's application, and the view is queried afterwards with its class.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import queue
 import re
@@ -26,6 +27,7 @@ from asyncsourcing.cli.config import UsageError, compose_env, read_env_file
 from asyncsourcing.cli.progress import (
     RateMeter,
     Sample,
+    count,
     format_duration,
     format_progress,
 )
@@ -68,11 +70,11 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def asyncsourcing(
-    *args: str, env: dict[str, str], timeout: float = TIMEOUT
+    *args: str, env: dict[str, str], timeout: float = TIMEOUT, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "asyncsourcing", *args],
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
@@ -245,6 +247,80 @@ def test_bad_topic(option: str, topic: str, message: str, env: dict[str, str]) -
     assert message in result.stderr
 
 
+@pytest.mark.parametrize("command", ["run", "status"])
+def test_view_of_another_backend_than_the_default(
+    command: str, env: dict[str, str]
+) -> None:
+    # No PERSISTENCE_MODULE, no env file: the in-memory default.
+    del env["PERSISTENCE_MODULE"]
+    result = asyncsourcing(command, *DOGSCHOOL, env=env)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"asyncsourcing {command}: error: --view "
+        "'examples.dogschool.sqlite:SQLiteCounters' is a view for the SQLite "
+        "backend (asyncsourcing.sqlite), but the backend is the in-memory "
+        "default (PERSISTENCE_MODULE is not set): set "
+        "PERSISTENCE_MODULE=asyncsourcing.sqlite and SQLITE_DBNAME in the "
+        "environment or an --env-file, or give a --view for the in-memory "
+        "backend\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "topic"),
+    [
+        ("PERSISTENCE_MODULE", "asyncsourcing.popo"),
+        # The projection's own setting, as a factory class.
+        ("DOGCOUNTERS_PERSISTENCE_MODULE", "asyncsourcing.popo:POPOFactory"),
+    ],
+)
+def test_view_of_another_backend_than_the_configured_one(
+    variable: str, topic: str, env: dict[str, str]
+) -> None:
+    result = asyncsourcing("status", *DOGSCHOOL, env={**env, variable: topic})
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert (
+        f"but the backend is {variable}={topic}: "
+        f"set {variable}=asyncsourcing.sqlite and SQLITE_DBNAME"
+    ) in result.stderr
+
+
+def test_postgres_view_on_sqlite(env: dict[str, str]) -> None:
+    args = [*DOGSCHOOL[:-1], "examples.dogschool.postgres:PostgresCounters"]
+    result = asyncsourcing("run", *args, env=env)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "asyncsourcing run: error: --view "
+        "'examples.dogschool.postgres:PostgresCounters' is a view for the "
+        "PostgreSQL backend (asyncsourcing.postgres), but the backend is "
+        "PERSISTENCE_MODULE=asyncsourcing.sqlite: set "
+        "PERSISTENCE_MODULE=asyncsourcing.postgres and the POSTGRES_* settings "
+        "in the environment or an --env-file, or give a --view for the SQLite "
+        "backend\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("SQLITE_DBNAME", "", "SQLite database name not found in environment"),
+        ("SQLITE_LOCK_TIMEOUT", "soon", "Invalid DOGCOUNTERS_SQLITE_LOCK_TIMEOUT"),
+        ("PERSISTENCE_MODULE", "nosuchmodule", "Cannot import persistence module"),
+    ],
+)
+def test_bad_setting(
+    variable: str, value: str, message: str, env: dict[str, str]
+) -> None:
+    env = {**env, variable: value}
+    result = asyncsourcing("status", *DOGSCHOOL, env=env)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith(f"asyncsourcing status: error: {message}")
+    backend = env["PERSISTENCE_MODULE"]
+    assert result.stderr.endswith(f" (backend: PERSISTENCE_MODULE={backend})\n")
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
 def test_projection_error(env: dict[str, str]) -> None:
     async def write() -> None:
         async with Application[UUID](env) as app:
@@ -292,6 +368,56 @@ def test_status(env: dict[str, str]) -> None:
     assert "position:    4\nlag:         0 events\n" in after.stdout
 
 
+def test_status_json(env: dict[str, str]) -> None:
+    write_dogs(env, dogs=2)
+    before = asyncsourcing("status", *DOGSCHOOL, "--json", env=env)
+    assert before.returncode == 0, before.stderr
+    assert (before.stdout.count("\n"), before.stderr) == (1, "")
+    # The documented keys, in their order.
+    assert json.loads(before.stdout) == {
+        "application": "DogSchool",
+        "projection": "dogcounters",
+        "position": 0,
+        "max_notification_id": 4,
+        "lag": 4,
+    }
+    assert list(json.loads(before.stdout)) == [
+        "application",
+        "projection",
+        "position",
+        "max_notification_id",
+        "lag",
+    ]
+    assert asyncsourcing("run", *DOGSCHOOL, "--timeout", "0.2", env=env).returncode == 0
+    after = asyncsourcing("status", *DOGSCHOOL, "--json", env=env)
+    status = json.loads(after.stdout)
+    assert (status["position"], status["max_notification_id"], status["lag"]) == (
+        4,
+        4,
+        0,
+    )
+
+
+def test_json_is_for_status_only(env: dict[str, str]) -> None:
+    result = asyncsourcing("run", *DOGSCHOOL, "--json", env=env)
+    assert result.returncode == 2
+    assert "unrecognized arguments: --json" in result.stderr
+
+
+def test_one_event_is_singular(env: dict[str, str]) -> None:
+    # One dog, no trick: one event.
+    assert write_dogs(env, dogs=1, tricks=0) == 1
+    status = asyncsourcing("status", *DOGSCHOOL, env=env)
+    assert status.stdout.endswith("lag:         1 event\n"), status.stdout
+    # The first progress line, before the view has processed it.
+    run = asyncsourcing("run", *DOGSCHOOL, "--timeout", "0.3", *FAST, env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.startswith("position 0 of 1 | lag 1 event, ? | - events/s\n")
+    write_dogs(env, dogs=1, tricks=0)
+    status = asyncsourcing("status", *DOGSCHOOL, env=env)
+    assert status.stdout.endswith("position:    1\nlag:         1 event\n")
+
+
 def test_event_sourced_projection_needs_no_view(
     env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -307,16 +433,47 @@ def test_event_sourced_projection_needs_no_view(
     assert "omit --view" in with_view.stderr
 
 
-def test_console_script(env: dict[str, str]) -> None:
+# A project of the user's: a module in the current directory, that logs.
+SCHOOL_MODULE = """
+import logging
+
+from examples.dogschool.sqlite import SQLiteCounters
+
+logger = logging.getLogger(__name__)
+
+
+class Counters(SQLiteCounters):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        logger.debug("the project's debug message")
+        logger.info("the project's info message")
+"""
+BROKEN_MODULE = """
+from examples.dogschool.sqlite import SQLiteCounters
+
+
+class Counters(SQLiteCounters):
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError("the view's bug")
+"""
+
+
+def project(tmp_path: Path, env: dict[str, str], source: str) -> dict[str, str]:
+    """A module ``school`` in ``tmp_path``, and an env that finds ``examples``."""
+    (tmp_path / "school.py").write_text(source)
+    return {**env, "PYTHONPATH": str(ROOT)}
+
+
+def test_console_script(env: dict[str, str], tmp_path: Path) -> None:
     # The installed entry point, which, unlike `python -m`, must put the
-    # current directory on sys.path itself to find `examples`.
+    # current directory on sys.path itself to find the project's modules.
     script = Path(sys.executable).parent / "asyncsourcing"
     if not script.exists():
         pytest.skip("the console script is not installed (pip install -e .)")
     result = subprocess.run(
-        [script, "status", *DOGSCHOOL],
-        cwd=ROOT,
-        env=env,
+        [script, "status", *DOGSCHOOL[:-1], "school:Counters"],
+        cwd=tmp_path,
+        env=project(tmp_path, env, SCHOOL_MODULE),
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -324,6 +481,48 @@ def test_console_script(env: dict[str, str]) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "position:    0\n" in result.stdout
+
+
+def test_log_level_is_for_the_library_and_the_project(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    write_dogs(env, dogs=1)
+    args = [*DOGSCHOOL[:-1], "school:Counters", "--timeout", "0.3"]
+    env = project(tmp_path, env, SCHOOL_MODULE)
+    debug = asyncsourcing("run", *args, "--log-level", "DEBUG", env=env, cwd=tmp_path)
+    assert debug.returncode == 0, debug.stderr
+    loggers = {
+        line.split(" ", 2)[1].rstrip(":")
+        for line in debug.stderr.splitlines()
+        if line.startswith(("DEBUG ", "INFO ", "WARNING ", "ERROR "))
+    }
+    # Not asyncio's ("Using selector") nor aiosqlite's (each statement).
+    assert all(
+        name == "school" or name.startswith("asyncsourcing.") for name in loggers
+    ), debug.stderr
+    assert "DEBUG school: the project's debug message" in debug.stderr
+    assert "INFO asyncsourcing.cli.commands: Running dogcounters" in debug.stderr
+    assert "aiosqlite" not in debug.stderr
+    info = asyncsourcing("run", *args, "--log-level", "info", env=env, cwd=tmp_path)
+    assert "INFO school: the project's info message" in info.stderr
+    assert "DEBUG" not in info.stderr
+
+
+def test_constructor_error(env: dict[str, str], tmp_path: Path) -> None:
+    args = [*DOGSCHOOL[:-1], "school:Counters"]
+    env = project(tmp_path, env, BROKEN_MODULE)
+    result = asyncsourcing("status", *args, env=env, cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        "asyncsourcing status: error: RuntimeError: the view's bug\n"
+    )
+    # The traceback is there for who asks for it.
+    debug = asyncsourcing(
+        "status", *args, "--log-level", "DEBUG", env=env, cwd=tmp_path
+    )
+    assert debug.returncode == 1
+    assert "DEBUG asyncsourcing.cli: asyncsourcing status failed\n" in debug.stderr
+    assert 'in __init__\n    raise RuntimeError("the view\'s bug")' in debug.stderr
 
 
 def test_env_file_supplies_settings(env: dict[str, str], tmp_path: Path) -> None:
@@ -407,6 +606,24 @@ def test_progress_line() -> None:
     done = Sample(time=2.0, position=1000, head=1000, lag=0)
     meter.add(done)
     assert format_progress(done, meter).endswith("lag 0 events, 0s | 800 events/s")
+
+
+def test_progress_line_of_one_event() -> None:
+    meter = RateMeter(window=10)
+    meter.add(Sample(time=0.0, position=0, head=2, lag=2))
+    one = Sample(time=1.0, position=1, head=2, lag=1)
+    meter.add(one)
+    assert format_progress(one, meter) == (
+        "position 1 of 2 | lag 1 event, ~1.0s | 1 event/s"
+    )
+
+
+@pytest.mark.parametrize(
+    ("number", "text"),
+    [(0, "0 events"), (1, "1 event"), (2, "2 events"), (1200, "1,200 events")],
+)
+def test_count(number: int, text: str) -> None:
+    assert count(number, "event") == text
 
 
 def test_rate_meter_window() -> None:

@@ -8,6 +8,13 @@ needs a PostgreSQL server: it runs with the ``POSTGRES_*`` settings of the
 session's server (``postgres_env``) and a fresh schema in
 ``POSTGRES_SCHEMA``, and is left out when there is no server, so the blocks
 after it must not depend on it.
+
+A block right after ``<!-- pytest -->`` is a file of a test suite, named by
+its fence's title (```` ```python title="test_dogs.py" ````): a page's such
+files are written to a new directory, where pytest runs them in a
+subprocess (the installed asyncsourcing plugin, the session's PostgreSQL
+server, pytest-asyncio in its default strict mode); every test must pass,
+and none be skipped when there is a server.
 """
 
 from __future__ import annotations
@@ -28,16 +35,20 @@ from tests.test_postgres_support import admin_connection, quote
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-FENCE = re.compile(r"^```python[^\n]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
-MARKER = re.compile(r"<!--\s*(not-tested|postgres)\s*-->\s*$")
+FENCE = re.compile(
+    r"^```python([^\n]*)\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE
+)
+MARKER = re.compile(r"<!--\s*(not-tested|postgres|pytest)\s*-->\s*$")
+TITLE = re.compile(r'title="([^"]+)"')
 TIMEOUT = 120
 
 
 @dataclass(frozen=True)
 class Block:
     code: str
-    marker: str | None  # "not-tested", "postgres" or None
+    marker: str | None  # "not-tested", "postgres", "pytest" or None
     line: int
+    title: str | None = None  # the fence's title="...", if any
 
 
 def blocks_of(page: Path) -> list[Block]:
@@ -48,13 +59,29 @@ def blocks_of(page: Path) -> list[Block]:
         before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
         marker = MARKER.search(before)
         line = text.count("\n", 0, match.start()) + 1
-        blocks.append(Block(match.group(1), marker and marker.group(1), line))
+        title = TITLE.search(match.group(1))
+        blocks.append(
+            Block(
+                match.group(2),
+                marker and marker.group(1),
+                line,
+                title and title.group(1),
+            )
+        )
     return blocks
 
 
 def pages() -> Iterator[Path]:
+    """The pages with blocks to run as a script."""
     for page in sorted(DOCS.rglob("*.md")):
-        if any(block.marker != "not-tested" for block in blocks_of(page)):
+        if any(block.marker in (None, "postgres") for block in blocks_of(page)):
+            yield page
+
+
+def pages_with_test_suites() -> Iterator[Path]:
+    """The pages with blocks that are files of a test suite."""
+    for page in sorted(DOCS.rglob("*.md")):
+        if any(block.marker == "pytest" for block in blocks_of(page)):
             yield page
 
 
@@ -62,7 +89,7 @@ def script_of(blocks: list[Block], *, with_postgres: bool) -> str:
     """The page's runnable blocks as one script (line numbers in comments)."""
     parts = []
     for block in blocks:
-        if block.marker == "not-tested":
+        if block.marker in ("not-tested", "pytest"):
             continue
         if block.marker == "postgres" and not with_postgres:
             continue
@@ -117,6 +144,33 @@ async def test_page_examples(page: Path, request: pytest.FixtureRequest) -> None
     finally:
         async with admin_connection(postgres_env) as conn:
             await conn.execute(f"DROP SCHEMA IF EXISTS {quote(schema)} CASCADE")
+
+
+@pytest.mark.parametrize(
+    "page", list(pages_with_test_suites()), ids=lambda page: str(page.relative_to(DOCS))
+)
+def test_page_test_suites(page: Path, tmp_path: Path) -> None:
+    files = [block for block in blocks_of(page) if block.marker == "pytest"]
+    for block in files:
+        assert block.title, f"{page.name}:{block.line}: a pytest block needs a title"
+        (tmp_path / block.title).write_text(block.code, encoding="utf-8")
+    env = {**os.environ}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    output = f"{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, f"The tests of {page.name} failed:\n{output}"
+    if os.environ.get("POSTGRES_HOST"):
+        assert "skipped" not in result.stdout, output
 
 
 def test_markers_are_used_sparingly() -> None:

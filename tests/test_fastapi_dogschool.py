@@ -1,13 +1,16 @@
 """The dog school's FastAPI service, against the real app and real backends.
 
 Requests go through ``httpx.ASGITransport``, which does not run lifespan
-events, so each test drives the app's lifespan itself (:func:`serving`).
+events, so each test runs the app's lifespan as a server does
+(:func:`serving`, on :func:`~asyncsourcing.testing.asgi.running_lifespan`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import sys
 import time
 import types
@@ -20,9 +23,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from asyncsourcing.testing.asgi import LifespanApp, running_lifespan
 from examples.fastapi_dogschool import __main__ as service_main
 from examples.fastapi_dogschool.app import create_app
 from tests.test_postgres_support import factory_env, pg_schema
+
+ROOT = Path(__file__).resolve().parent.parent
 
 __all__ = ["pg_schema"]  # A fixture used here, imported from the support module.
 
@@ -64,12 +70,21 @@ def durable_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str
 @contextlib.asynccontextmanager
 async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """A client of ``app``, which runs its lifespan meanwhile."""
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
-    ):
+    async with served(app) as (client, _):
         yield client
+
+
+@contextlib.asynccontextmanager
+async def served(
+    app: FastAPI,
+) -> AsyncIterator[tuple[httpx.AsyncClient, LifespanApp]]:
+    """A client of ``app``, and the app as served (with its lifespan state)."""
+    async with running_lifespan(app) as lifespan_app:
+        transport = httpx.ASGITransport(app=lifespan_app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://test"
+        ) as client:
+            yield client, lifespan_app
 
 
 async def register(client: httpx.AsyncClient, name: str) -> tuple[str, int]:
@@ -77,6 +92,7 @@ async def register(client: httpx.AsyncClient, name: str) -> tuple[str, int]:
     assert response.status_code == 201, response.text
     body = response.json()
     assert set(body) == {"id", "position"}
+    assert response.headers["X-Position"] == str(body["position"])
     return body["id"], body["position"]
 
 
@@ -84,6 +100,7 @@ async def teach(client: httpx.AsyncClient, dog_id: str, trick: str) -> int:
     response = await client.post(f"/dogs/{dog_id}/tricks", json={"trick": trick})
     assert response.status_code == 200, response.text
     position: int = response.json()["position"]
+    assert response.headers["X-Position"] == str(position)
     return position
 
 
@@ -108,6 +125,18 @@ async def test_commands_return_positions_that_queries_wait_for(
         response = await client.get(f"/dogs/{fido}")
         assert response.status_code == 200
         assert response.json() == {"name": "Fido", "tricks": ["roll over"]}
+
+
+async def test_the_position_header_is_a_token_too(env: dict[str, str]) -> None:
+    async with serving(create_app(env)) as client:
+        response = await client.post("/dogs", json={"name": "Fido"})
+        token = response.headers["X-Position"]
+        response = await client.get("/counters", headers={"X-Position": token})
+        assert response.json() == {"dogs": 1, "tricks": 0}
+
+        response = await client.get("/counters", headers={"X-Position": "later"})
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["loc"] == ["header", "X-Position"]
 
 
 async def test_read_your_writes_under_concurrent_commands(
@@ -161,9 +190,9 @@ async def test_position_not_reached_in_time_is_504(env: dict[str, str]) -> None:
 
 async def test_stopped_projection_is_503() -> None:
     env = {"PERSISTENCE_MODULE": "asyncsourcing.popo", "WAIT_TIMEOUT": "0.1"}
-    app = create_app(env)
-    async with serving(app) as client:
-        app.state.runner.stop()
+    async with served(create_app(env)) as (client, app):
+        app.state["runner"].stop()
+        await app.state["runner"].run_forever()  # returns once it has stopped
         _, position = await register(client, "Fido")
         response = await client.get("/counters", params={"after": position})
         assert response.status_code == 503
@@ -171,11 +200,10 @@ async def test_stopped_projection_is_503() -> None:
 
 
 async def test_shutdown_leaves_no_tasks_and_no_runner(env: dict[str, str]) -> None:
-    app = create_app(env)
     before = asyncio.all_tasks()
-    async with serving(app) as client:
-        runner = app.state.runner
-        assert app.state.application is runner.app
+    async with served(create_app(env)) as (client, app):
+        runner = app.state["runner"]
+        assert app.state["application"] is runner.app
         assert runner.is_running
         _, position = await register(client, "Fido")
         # A wait in progress, and one that times out, leave nothing behind.
@@ -184,12 +212,19 @@ async def test_shutdown_leaves_no_tasks_and_no_runner(env: dict[str, str]) -> No
         assert len(during) > len(before)  # the projection's task, at least
     assert asyncio.all_tasks() == before
     assert not runner.is_running
-    assert not hasattr(app.state, "runner")
-    assert not hasattr(app.state, "application")
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://test"
     ) as client:
-        with pytest.raises(RuntimeError, match="not running"):
+        with pytest.raises(RuntimeError, match="lifespan has ended"):
+            await client.get("/counters")
+
+
+async def test_without_its_lifespan_the_app_fails_clearly() -> None:
+    app = create_app({"PERSISTENCE_MODULE": "asyncsourcing.popo"})
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as client:
+        with pytest.raises(RuntimeError, match="no asyncsourcing lifespan state"):
             await client.get("/counters")
 
 
@@ -208,6 +243,42 @@ async def test_app_restarts_and_view_resumes(durable_env: dict[str, str]) -> Non
         assert await counters(client, after=position) == {"dogs": 2, "tricks": 1}
 
 
+async def test_the_projection_may_run_in_another_process(
+    durable_env: dict[str, str],
+) -> None:
+    web_env = {**durable_env, "RUN_PROJECTION": "no", "WAIT_TIMEOUT": "30"}
+    async with served(create_app(web_env)) as (client, app):
+        assert "runner" not in app.state  # the web process only opens the view
+        fido, _ = await register(client, "Fido")
+        position = await teach(client, fido, "sit")
+        async with running_projection(durable_env):
+            assert await counters(client, after=position) == {"dogs": 1, "tricks": 1}
+            _, position = await register(client, "Milly")
+            assert await counters(client, after=position) == {"dogs": 2, "tricks": 1}
+
+
+@contextlib.asynccontextmanager
+async def running_projection(env: dict[str, str]) -> AsyncIterator[None]:
+    """``asyncsourcing run`` of the dog counters, in a process of its own."""
+    backend = env["PERSISTENCE_MODULE"].rsplit(".", 1)[-1]
+    view = {"sqlite": "SQLiteCounters", "postgres": "PostgresCounters"}[backend]
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "asyncsourcing", "run", "--no-progress"),
+        *("--app", "examples.dogschool.application:DogSchool"),
+        *("--projection", "examples.dogschool.projections:DogCountersProjection"),
+        *("--view", f"examples.dogschool.{backend}:{view}"),
+        cwd=ROOT,
+        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        yield
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 0, stderr.decode()
+
+
 def test_create_app_rejects_bad_configuration() -> None:
     with pytest.raises(ValueError, match="No counters view"):
         create_app({"PERSISTENCE_MODULE": "nowhere"})
@@ -215,6 +286,12 @@ def test_create_app_rejects_bad_configuration() -> None:
         env = {"PERSISTENCE_MODULE": "asyncsourcing.popo", "WAIT_TIMEOUT": bad}
         with pytest.raises(ValueError, match="WAIT_TIMEOUT must be"):
             create_app(env)
+    env = {"PERSISTENCE_MODULE": "asyncsourcing.popo", "RUN_PROJECTION": "maybe"}
+    with pytest.raises(ValueError, match="RUN_PROJECTION must be yes or no"):
+        create_app(env)
+    env["RUN_PROJECTION"] = "no"  # in memory, no other process can update it
+    with pytest.raises(ValueError, match="not the in-memory backend"):
+        create_app(env)
 
 
 def test_view_class_follows_the_projections_backend() -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import traceback
+from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 from uuid import uuid4
 
 import asyncpg
@@ -28,7 +31,14 @@ from asyncsourcing.postgres import (
     PostgresSettingsError,
     PostgresTrackingRecorder,
 )
-from tests.test_postgres_support import datastore, factory, factory_env, pg_schema
+from asyncsourcing.postgres.identifiers import quote_identifier
+from tests.test_postgres_support import (
+    admin_connection,
+    datastore,
+    factory,
+    factory_env,
+    pg_schema,
+)
 
 __all__ = ["pg_schema"]
 
@@ -134,8 +144,212 @@ def test_malformed_prefixed_setting_names_the_prefixed_variable() -> None:
 )
 def test_missing_setting_names_the_variable(key: str) -> None:
     env = {k: v for k, v in MINIMAL.items() if k != key}
-    with pytest.raises(PostgresSettingsError, match=key):
+    with pytest.raises(PostgresSettingsError, match=key) as info:
         PostgresSettings.from_env(env)
+    assert info.value.missing == (key,)
+
+
+def test_every_missing_setting_is_reported_at_once() -> None:
+    with pytest.raises(PostgresSettingsError) as info:
+        PostgresSettings.from_env({})
+    required = (
+        "POSTGRES_DBNAME",
+        "POSTGRES_HOST",
+        "POSTGRES_USER",
+        "POSTGRES_PASSWORD",
+    )
+    assert info.value.missing == required
+    message = str(info.value)
+    for key in (*required, "POSTGRES_URL", "DATABASE_URL"):
+        assert key in message
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    env = Environment(
+        "Orders",
+        {
+            "POSTGRES_DBNAME": "db",
+            "POSTGRES_HOST": "db.example",
+            "POSTGRES_PASSWORD": SECRET,
+            "ORDERS_POSTGRES_PORT": "abc",
+            "POSTGRES_POOL_SIZE": "-1",
+        },
+    )
+    with pytest.raises(PostgresSettingsError) as info:
+        PostgresSettings.from_env(env)
+    assert info.value.missing == ("POSTGRES_USER",)
+    assert info.value.invalid == ("ORDERS_POSTGRES_PORT", "POSTGRES_POOL_SIZE")
+    message = str(info.value)
+    assert message.startswith("3 problems with the Postgres settings:")
+    for name in ("'POSTGRES_USER'", "'ORDERS_POSTGRES_PORT'", "'POSTGRES_POOL_SIZE'"):
+        assert name in message
+    assert "'ORDERS_'" in message  # The user may be set for Orders only.
+    assert SECRET not in message
+
+
+def test_invalid_fields_are_reported_together() -> None:
+    with pytest.raises(PostgresSettingsError) as info:
+        PostgresSettings.from_env(
+            {**MINIMAL, "POSTGRES_SCHEMA": "s" * 64, "POSTGRES_MAX_OVERFLOW": "0",
+             "POSTGRES_POOL_SIZE": "0"}
+        )  # fmt: skip
+    assert info.value.invalid == ("POSTGRES_SCHEMA", "POSTGRES_POOL_SIZE")
+
+
+# Connection URLs.
+
+
+def test_database_url_gives_the_connection() -> None:
+    settings = PostgresSettings.from_env(
+        {
+            "DATABASE_URL": f"postgresql://me:{SECRET}@db.example:6543/orders"
+            "?sslmode=require&application_name=web&connect_timeout=2.5"
+        }
+    )
+    assert (settings.user, settings.password) == ("me", SECRET)
+    assert (settings.host, settings.port, settings.dbname) == (
+        "db.example",
+        6543,
+        "orders",
+    )
+    assert settings.sslmode == "require"
+    assert settings.application_name == "web"
+    assert settings.connect_timeout == 2.5
+    assert settings.schema == "public"  # Not part of a URL.
+
+
+def test_url_parts_are_percent_decoded() -> None:
+    password = "p@ss:w/rd?#&% +"
+    url = (
+        f"postgres://{quote('me@corp', safe='')}:{quote(password, safe='')}"
+        f"@db.example/{quote('my db', safe='')}"
+    )
+    settings = PostgresSettings.from_env({"POSTGRES_URL": url})
+    assert (settings.user, settings.password, settings.dbname) == (
+        "me@corp",
+        password,
+        "my db",
+    )
+    assert settings.port == 5432
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql:///orders?host=/var/run/postgresql&user=me&password=pw",
+        "postgresql://me:pw@%2Fvar%2Frun%2Fpostgresql/orders",
+    ],
+)
+def test_url_with_a_unix_socket_directory(url: str) -> None:
+    settings = PostgresSettings.from_env({"DATABASE_URL": url})
+    assert settings.connect_kwargs()["host"] == "/var/run/postgresql"
+    assert (settings.user, settings.password, settings.dbname) == ("me", "pw", "orders")
+
+
+def test_url_query_parameters_override_its_parts() -> None:
+    url = "postgresql://me:pw@db.example:5000/a?port=6000&dbname=b&user=you"
+    settings = PostgresSettings.from_env({"DATABASE_URL": url})
+    assert (settings.port, settings.dbname, settings.user) == (6000, "b", "you")
+
+
+def test_url_with_an_ipv6_address_and_a_driver_suffix() -> None:
+    # SQLAlchemy's form, as DATABASE_URL often has it: the driver is ignored.
+    url = "postgresql+asyncpg://me:pw@[::1]:6000/orders"
+    settings = PostgresSettings.from_env({"DATABASE_URL": url})
+    assert (settings.host, settings.port) == ("::1", 6000)
+
+
+def test_postgres_variables_override_the_url() -> None:
+    url = f"postgresql://me:{SECRET}@db.example:6543/orders?sslmode=require"
+    overridden = PostgresSettings.from_env(
+        {
+            "DATABASE_URL": url,
+            "POSTGRES_HOST": "other.example",
+            "POSTGRES_PORT": "7000",
+            "POSTGRES_DBNAME": "sales",
+            "POSTGRES_USER": "you",
+            "POSTGRES_PASSWORD": "pw",
+            "POSTGRES_SSLMODE": "verify-full",
+        }
+    )
+    assert overridden.connect_kwargs() == {
+        **PostgresSettings.from_env({"DATABASE_URL": url}).connect_kwargs(),
+        "host": "other.example",
+        "port": 7000,
+        "database": "sales",
+        "user": "you",
+        "password": "pw",
+        "ssl": "verify-full",
+    }
+    # The parts not overridden come from the URL.
+    partly = PostgresSettings.from_env({"DATABASE_URL": url, "POSTGRES_DBNAME": "x"})
+    assert (partly.host, partly.port, partly.dbname) == ("db.example", 6543, "x")
+    # An empty variable (a template's placeholder, say) overrides nothing.
+    empty = PostgresSettings.from_env({"DATABASE_URL": url, "POSTGRES_PASSWORD": ""})
+    assert empty.password == SECRET
+
+
+def test_postgres_url_wins_over_database_url() -> None:
+    settings = PostgresSettings.from_env(
+        {
+            "POSTGRES_URL": "postgresql://me:pw@ours.example/orders",
+            "DATABASE_URL": "postgresql://them:pw@theirs.example/other",
+        }
+    )
+    assert (settings.host, settings.user) == ("ours.example", "me")
+
+
+def test_url_of_an_application() -> None:
+    env = Environment(
+        "Orders",
+        {
+            "ORDERS_POSTGRES_URL": "postgresql://me:pw@orders.example/orders",
+            "POSTGRES_URL": "postgresql://me:pw@shared.example/shared",
+        },
+    )
+    assert PostgresSettings.from_env(env).host == "orders.example"
+
+
+def test_missing_parts_of_a_url_are_reported_at_once() -> None:
+    with pytest.raises(PostgresSettingsError) as info:
+        PostgresSettings.from_env({"DATABASE_URL": "postgres://me@db.example"})
+    assert info.value.missing == ("POSTGRES_DBNAME", "POSTGRES_PASSWORD")
+    assert "include them in the URL of 'DATABASE_URL'" in str(info.value)
+
+
+#: Malformed URLs, each with the password in it somewhere.
+BAD_URLS = {
+    "not postgres": f"mysql://me:{SECRET}@db.example/orders",
+    "key=value": f"host=db.example dbname=orders password={SECRET}",
+    "bad port": f"postgresql://me:{SECRET}@db.example:54x2/orders",
+    # Unencoded "/" in the password: the rest of it lands in the port.
+    "unencoded /": f"postgresql://me:{SECRET[:5]}/{SECRET[5:]}@db.example/orders",
+    "unencoded #": f"postgresql://me:{SECRET[:5]}#{SECRET[5:]}@db.example/orders",
+    # Unencoded "@" and "/": a piece of the password would be the host.
+    "unencoded @ /": f"postgresql://me:p@{SECRET[:5]}/{SECRET[5:]}@db.example/db",
+    "two hosts": f"postgresql://me:{SECRET}@a.example,b.example/orders",
+    "bad IPv6": f"postgresql://me:{SECRET}@[::1/orders",
+    "bad sslmode": f"postgresql://me:{SECRET}@db.example/orders?sslmode=sometimes",
+    "not UTF-8": f"postgresql://me:%ff{SECRET}@db.example/orders",
+    "unsupported": f"postgresql://me@db.example/orders?sslrootcert=ca.pem&{SECRET}=1",
+}
+
+
+@pytest.mark.parametrize("url", BAD_URLS.values(), ids=BAD_URLS.keys())
+def test_malformed_url_is_named_without_showing_it(url: str) -> None:
+    with pytest.raises(PostgresSettingsError) as info:
+        PostgresSettings.from_env({"DATABASE_URL": url})
+    assert info.value.invalid == ("DATABASE_URL",)
+    shown = "".join(traceback.format_exception(info.value)) + repr(info.value)
+    assert "'DATABASE_URL' is invalid" in shown
+    for piece in (SECRET, SECRET[:5], SECRET[5:], quote(SECRET)):
+        assert piece not in shown
+
+
+def test_unsupported_url_parameters_are_named_if_libpq_knows_them() -> None:
+    url = "postgresql://me:pw@db.example/orders?sslrootcert=ca.pem&options=-cx%3D1"
+    with pytest.raises(PostgresSettingsError, match="'sslrootcert', 'options'"):
+        PostgresSettings.from_env({"DATABASE_URL": url})
 
 
 def test_password_never_shown() -> None:
@@ -300,3 +514,114 @@ async def test_create_table_false_creates_nothing(
         recorder = await f.application_recorder()
         with pytest.raises(ProgrammingError, match="does not exist"):
             await recorder.max_notification_id()
+
+
+@pytest.mark.postgres
+async def test_connects_with_a_database_url(
+    postgres_env: dict[str, str], pg_schema: str
+) -> None:
+    e = postgres_env
+    url = (
+        f"postgresql://{quote(e['POSTGRES_USER'], safe='')}:"
+        f"{quote(e['POSTGRES_PASSWORD'], safe='')}@{e['POSTGRES_HOST']}:"
+        f"{e['POSTGRES_PORT']}/{quote(e['POSTGRES_DBNAME'], safe='')}"
+        "?application_name=from-the-url"
+    )
+    env = {"DATABASE_URL": url, "POSTGRES_SCHEMA": pg_schema}
+    async with PostgresFactory(env) as f:
+        recorder = await f.application_recorder()
+        await recorder.insert_events([StoredEvent(uuid4(), 1, "topic", b"{}")])
+        assert await recorder.max_notification_id() == 1
+        async with f.datastore.connection() as conn:
+            name = await conn.fetchval("SHOW application_name")
+    assert name == "from-the-url"
+
+
+# Creating the schema.
+
+
+@pytest.fixture
+async def new_schema(postgres_env: dict[str, str]) -> AsyncIterator[str]:
+    """The name of a schema that does not exist yet; dropped after the test."""
+    schema = f'New "Schema" {uuid4().hex[:8]}'
+    try:
+        yield schema
+    finally:
+        async with admin_connection(postgres_env) as conn:
+            await conn.execute(
+                f"DROP SCHEMA IF EXISTS {quote_identifier(schema)} CASCADE"
+            )
+
+
+async def tables_of(postgres_env: dict[str, str], schema: str) -> set[str] | None:
+    """The tables of ``schema``, or None when there is no such schema."""
+    async with admin_connection(postgres_env) as conn:
+        if not await conn.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)", schema
+        ):
+            return None
+        rows = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = $1", schema
+        )
+    return {row[0] for row in rows}
+
+
+@pytest.mark.postgres
+@pytest.mark.xfail(
+    strict=True,
+    reason="PostgresDatastore.creating_tables() does not create the schema yet",
+)
+async def test_a_missing_schema_is_created_with_the_tables(
+    postgres_env: dict[str, str], new_schema: str
+) -> None:
+    assert await tables_of(postgres_env, new_schema) is None
+    async with PostgresFactory(factory_env(postgres_env, new_schema)) as f:
+        recorder = await f.application_recorder()
+        await recorder.insert_events([StoredEvent(uuid4(), 1, "topic", b"{}")])
+        tracking = await f.tracking_recorder()
+        await tracking.insert_tracking(Tracking("upstream", 1))
+    tables = await tables_of(postgres_env, new_schema)
+    assert tables is not None
+    assert {"stored_events", "notification_tracking"} <= tables
+
+
+@pytest.mark.postgres
+async def test_a_missing_schema_is_not_created_without_create_table(
+    postgres_env: dict[str, str], new_schema: str
+) -> None:
+    env = factory_env(postgres_env, new_schema, CREATE_TABLE="false")
+    async with PostgresFactory(env) as f:
+        recorder = await f.application_recorder()
+        with pytest.raises(ProgrammingError, match="does not exist"):
+            await recorder.max_notification_id()
+    assert await tables_of(postgres_env, new_schema) is None
+
+
+@pytest.mark.postgres
+async def test_an_existing_schema_needs_no_create_privilege_on_the_database(
+    postgres_env: dict[str, str], pg_schema: str
+) -> None:
+    """A role that may create tables in its schema, and nothing else, is enough.
+
+    ("CREATE SCHEMA IF NOT EXISTS" would need the CREATE privilege on the
+    database even for a schema that exists.)
+    """
+    role = f"app_{uuid4().hex[:8]}"
+    async with admin_connection(postgres_env) as conn:
+        await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'app-pw'")
+        await conn.execute(f"GRANT USAGE, CREATE ON SCHEMA {pg_schema} TO {role}")
+        assert not await conn.fetchval(
+            "SELECT has_database_privilege($1, current_database(), 'CREATE')", role
+        )
+    try:
+        env = factory_env(
+            postgres_env, pg_schema, POSTGRES_USER=role, POSTGRES_PASSWORD="app-pw"
+        )
+        async with PostgresFactory(env) as f:
+            recorder = await f.application_recorder()
+            await recorder.insert_events([StoredEvent(uuid4(), 1, "topic", b"{}")])
+        assert "stored_events" in (await tables_of(postgres_env, pg_schema) or ())
+    finally:
+        async with admin_connection(postgres_env) as conn:
+            await conn.execute(f"DROP OWNED BY {role}")  # Its tables, its grants.
+            await conn.execute(f"DROP ROLE {role}")

@@ -18,13 +18,18 @@ import logging
 import traceback
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote as quote_url
 from uuid import UUID, uuid4
 
 import pytest
 from eventsourcing.persistence import OperationalError, StoredEvent, Tracking
 
 from asyncsourcing.application import Application
-from asyncsourcing.postgres import PostgresFactory, PostgresSettings
+from asyncsourcing.postgres import (
+    PostgresFactory,
+    PostgresSettings,
+    PostgresSettingsError,
+)
 from asyncsourcing.projection import ProjectionRunner
 from tests.faults_support import (
     Counter,
@@ -218,3 +223,38 @@ async def test_sslmode_reaches_asyncpg(postgres_env: dict[str, str]) -> None:
         datastore = f.datastore
         async with datastore.transaction() as conn:
             assert await conn.fetchval("SELECT 1") == 1
+
+
+async def test_url_passwords_never_appear_in_reprs_logs_or_errors(
+    postgres_env: dict[str, str], pg_schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    password = SECRET + "@:/?#&%"  # A wrong one, with characters to encode.
+    e = postgres_env
+    where = f"{e['POSTGRES_HOST']}:{e['POSTGRES_PORT']}/{e['POSTGRES_DBNAME']}"
+    url = f"postgresql://{e['POSTGRES_USER']}:{quote_url(password, safe='')}@{where}"
+    env = {
+        **{k: v for k, v in factory_env(e, pg_schema).items() if k not in e},
+        "DATABASE_URL": url,
+        "POSTGRES_CONNECT_TIMEOUT": "2",
+    }
+    shown: list[str] = []
+    async with PostgresFactory(env) as factory:
+        settings = factory.datastore.settings
+        assert settings.password == password
+        shown += [repr(factory), repr(factory.datastore), repr(settings), str(settings)]
+        recorder = factory.construct_application_recorder()
+        with pytest.raises(OperationalError) as info:
+            await recorder.max_notification_id()
+        shown.append(text_of(info.value))
+    # A URL that is malformed (here, its port) is not shown either.
+    with pytest.raises(PostgresSettingsError) as malformed:
+        PostgresFactory({**env, "DATABASE_URL": url.replace(e["POSTGRES_PORT"], "x")})
+    shown.append(text_of(malformed.value))
+    shown.append(caplog.text)
+    shown += [repr(r.args) + repr(r.exc_info) for r in caplog.records]
+    assert "password authentication failed" in "".join(shown)
+    assert "'DATABASE_URL' is invalid" in "".join(shown)
+    for text in shown:
+        for secret in (SECRET, quote_url(password, safe="")):
+            assert secret not in text

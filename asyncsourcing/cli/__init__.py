@@ -10,8 +10,15 @@ Usage::
 ``run`` processes the application's events into the view until SIGINT or
 SIGTERM (exit status 0), ``--timeout`` (0) or an error of the projection (1),
 with a progress line on stderr. ``status`` prints the view's position and its
-lag behind the application, without processing anything. Bad usage, a topic
-that cannot be imported and an unreadable env file give exit status 2.
+lag behind the application (``--json``: one JSON object, the fields of
+:class:`~asyncsourcing.cli.commands.Status`), without processing anything.
+Bad usage and configuration (a topic that cannot be imported, an unreadable
+env file, a missing or invalid setting, a view that does not match the
+backend) give exit status 2. Errors are one line on stderr, without a
+traceback.
+
+``--log-level`` sets the level of asyncsourcing's loggers and of the
+top-level packages of the topics given; the others stay at WARNING.
 
 Configuration comes from the environment, as for any application or
 projection (``PERSISTENCE_MODULE``, ``SQLITE_DBNAME``, ...). ``--env-file``
@@ -30,21 +37,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
-from collections.abc import Coroutine
-from typing import Any
 
 from asyncsourcing import __version__
 from asyncsourcing.cli.commands import (
+    EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
+    describe,
     run_command,
     status_command,
 )
 from asyncsourcing.cli.config import (
+    Target,
     UsageError,
     compose_env,
+    construct_runner,
     read_env_file,
     resolve_target,
 )
@@ -56,6 +66,8 @@ from asyncsourcing.cli.progress import (
 )
 
 __all__ = ["build_parser", "main"]
+
+logger = logging.getLogger(__name__)
 
 
 def _positive_float(text: str) -> float:
@@ -117,7 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="WARNING",
         type=str.upper,
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        help="level of the library's log messages on stderr (default: WARNING)",
+        help=(
+            "level of the log messages on stderr of asyncsourcing and of the "
+            "packages of --app, --projection and --view; other libraries' "
+            "stay at WARNING (default: WARNING)"
+        ),
     )
 
     run = commands.add_parser(
@@ -154,13 +170,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="don't show the progress",
     )
 
-    commands.add_parser(
+    status = commands.add_parser(
         "status",
         parents=[common],
         help="print the view's position and its lag behind the application",
         description=(
             "Print the position the view has recorded and its lag behind the "
             "application, without processing anything."
+        ),
+    )
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help=(
+            "print one JSON object: application, projection, position, "
+            "max_notification_id, lag"
         ),
     )
     return parser
@@ -170,7 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``).
 
     Returns the exit status: 0 done, 1 error of the projection or its
-    database, 2 bad usage (including topics and env file), 130 cancelled.
+    database, 2 bad usage or configuration (arguments, topics, env file,
+    settings, a view that does not match the backend), 130 cancelled. An
+    error is one line on stderr; a traceback is logged only where it helps
+    (an error of the projection, or of a constructor at ``DEBUG``).
     """
     parser = build_parser()
     try:
@@ -186,18 +213,43 @@ def main(argv: list[str] | None = None) -> int:
         target = resolve_target(args)
         file_variables = read_env_file(args.env_file) if args.env_file else {}
     except UsageError as error:
-        print(f"asyncsourcing {args.command}: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return _error(args.command, error, EXIT_USAGE)
     env = compose_env(file_variables, os.environ)
     progress = ProgressLine(sys.stderr)
-    configure_logging(args.log_level, progress)
-    command: Coroutine[Any, Any, int]
-    if args.command == "run":
-        command = run_command(args, target, env, progress)
-    else:
-        command = status_command(target, env)
+    configure_logging(args.log_level, progress, _packages(args))
     try:
-        return asyncio.run(command)
+        return asyncio.run(_execute(args, target, env, progress))
     except KeyboardInterrupt:
         # Ctrl-C before the signal handlers were installed, or on Windows.
         return EXIT_INTERRUPTED
+    except UsageError as error:
+        return _error(args.command, error, EXIT_USAGE)
+    except Exception as error:
+        # A constructor of the application, projection or view failed (the
+        # commands report their own errors): the traceback for who asks.
+        logger.debug("asyncsourcing %s failed", args.command, exc_info=error)
+        return _error(args.command, describe(error), EXIT_ERROR)
+
+
+async def _execute(
+    args: argparse.Namespace,
+    target: Target,
+    env: dict[str, str],
+    progress: ProgressLine,
+) -> int:
+    # In the event loop: the recorders may make asyncio objects.
+    parts = construct_runner(target, env)
+    if args.command == "run":
+        return await run_command(args, parts, progress)
+    return await status_command(parts, as_json=args.json)
+
+
+def _packages(args: argparse.Namespace) -> set[str]:
+    """The top-level packages of the topics given."""
+    topics = (args.app, args.projection, args.view)
+    return {topic.partition(":")[0].split(".")[0] for topic in topics if topic}
+
+
+def _error(command: str, error: object, status: int) -> int:
+    print(f"asyncsourcing {command}: error: {error}", file=sys.stderr)
+    return status

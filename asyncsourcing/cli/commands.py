@@ -5,25 +5,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from asyncsourcing.cli.config import Target, construct_runner
+from asyncsourcing.cli.config import RunnerParts
 from asyncsourcing.cli.progress import (
     PIPE_INTERVAL,
     TTY_INTERVAL,
     ProgressLine,
     RateMeter,
+    count,
     format_progress,
     take_sample,
 )
 from asyncsourcing.persistence import TrackingRecorder
 from asyncsourcing.projection import BaseProjectionRunner
 
-__all__ = ["run_command", "status_command"]
+__all__ = ["Status", "describe", "read_status", "run_command", "status_command"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +61,10 @@ async def report_progress(
 
 
 async def run_command(
-    args: argparse.Namespace,
-    target: Target,
-    env: dict[str, str],
-    progress: ProgressLine,
+    args: argparse.Namespace, parts: RunnerParts, progress: ProgressLine
 ) -> int:
     """Run the projection until a signal, the timeout or an error."""
     interval = args.interval or (TTY_INTERVAL if progress.is_tty else PIPE_INTERVAL)
-    parts = construct_runner(target, env)
     runner, recorder, topics = parts.runner, parts.recorder, parts.topics
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
@@ -106,14 +106,14 @@ async def run_command(
                         sample = await take_sample(runner.app, recorder, topics)
                         progress.show(
                             f"stopped at position {sample.position:,}, "
-                            f"lag {sample.lag:,} events"
+                            f"lag {count(sample.lag, 'event')}"
                         )
     except asyncio.CancelledError:
         progress.finish()
         return EXIT_INTERRUPTED
     except Exception as error:
         progress.finish()
-        print(f"asyncsourcing run: error: {_describe(error)}", file=sys.stderr)
+        print(f"asyncsourcing run: error: {describe(error)}", file=sys.stderr)
         return EXIT_ERROR
     finally:
         for signum in handled:
@@ -122,29 +122,82 @@ async def run_command(
     return EXIT_OK
 
 
-async def status_command(target: Target, env: dict[str, str]) -> int:
-    """Print the view's position and lag, processing nothing."""
-    # A runner that is never started constructs the app and the view
-    # exactly as `run` does, from the same environment.
-    parts = construct_runner(target, env)
+@dataclass(frozen=True)
+class Status:
+    """What ``asyncsourcing status`` reports.
+
+    The fields, in this order, are the keys of ``status --json``; a key may
+    be added, none is renamed or removed.
+    """
+
+    application: str
+    """The application's name."""
+    projection: str
+    """The projection's name."""
+    position: int
+    """The last notification id that the view has recorded; 0 when none."""
+    max_notification_id: int
+    """The application's last notification id; 0 when it has none."""
+    lag: int
+    """Notifications after ``position`` up to ``max_notification_id``; 0 when
+    none of them has one of the projection's topics."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields by name: the JSON object of ``status --json``."""
+        return dataclasses.asdict(self)
+
+    def rows(self) -> list[tuple[str, str]]:
+        """The labels and values of the text output, in order."""
+        return [
+            (
+                "application",
+                f"{self.application} (last notification {self.max_notification_id:,})",
+            ),
+            ("projection", self.projection),
+            ("position", f"{self.position:,}"),
+            ("lag", count(self.lag, "event")),
+        ]
+
+    def text(self) -> str:
+        """The text output: a ``label: value`` line per row, values aligned."""
+        rows = self.rows()
+        width = max(len(label) for label, _ in rows) + 2
+        return "".join(f"{label + ':':<{width}}{value}\n" for label, value in rows)
+
+
+async def read_status(parts: RunnerParts) -> Status:
+    """The status of the projection of ``parts``, processing nothing."""
     runner = parts.runner
+    sample = await take_sample(runner.app, parts.recorder, parts.topics)
+    return Status(
+        application=runner.app_name,
+        projection=parts.projection_name,
+        position=sample.position,
+        max_notification_id=sample.head,
+        lag=sample.lag,
+    )
+
+
+async def status_command(parts: RunnerParts, *, as_json: bool = False) -> int:
+    """Print the view's position and lag, processing nothing.
+
+    ``parts`` is a runner that is never started: it constructs the app and
+    the view exactly as ``run`` does, from the same environment.
+    """
     try:
-        sample = await take_sample(runner.app, parts.recorder, parts.topics)
+        status = await read_status(parts)
     except Exception as error:
-        print(f"asyncsourcing status: error: {_describe(error)}", file=sys.stderr)
+        print(f"asyncsourcing status: error: {describe(error)}", file=sys.stderr)
         return EXIT_ERROR
     finally:
-        await runner.aclose()
-    rows = [
-        ("application", f"{runner.app_name} (last notification {sample.head:,})"),
-        ("projection", parts.projection_name),
-        ("position", f"{sample.position:,}"),
-        ("lag", f"{sample.lag:,} events"),
-    ]
-    for key, value in rows:
-        print(f"{key + ':':<13}{value}")
+        await parts.runner.aclose()
+    if as_json:
+        print(json.dumps(status.as_dict()))
+    else:
+        print(status.text(), end="")
     return EXIT_OK
 
 
-def _describe(error: BaseException) -> str:
+def describe(error: BaseException) -> str:
+    """``Type: message``, the one line that the CLI prints for an error."""
     return f"{type(error).__name__}: {error}"

@@ -11,7 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from asyncsourcing.application import Application
-from asyncsourcing.persistence import TrackingRecorder
+from asyncsourcing.persistence import (
+    InfrastructureFactory,
+    InfrastructureFactoryError,
+    TrackingRecorder,
+)
 from asyncsourcing.projection import (
     BaseProjectionRunner,
     EventSourcedProjection,
@@ -19,9 +23,10 @@ from asyncsourcing.projection import (
     Projection,
     ProjectionRunner,
 )
-from asyncsourcing.utils import TopicError, resolve_topic
+from asyncsourcing.utils import Environment, TopicError, resolve_topic
 
 __all__ = [
+    "Backend",
     "RunnerParts",
     "Target",
     "UsageError",
@@ -30,6 +35,7 @@ __all__ = [
     "read_env_file",
     "resolve_class",
     "resolve_target",
+    "topic_of",
 ]
 
 
@@ -37,7 +43,10 @@ __all__ = [
 
 
 class UsageError(Exception):
-    """Bad arguments, topics or env file: exit status 2, with the message."""
+    """Bad arguments, topics, env file or configuration: exit status 2.
+
+    The message is printed as it is, on one line, without a traceback.
+    """
 
 
 _ENV_LINE = re.compile(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)")
@@ -104,6 +113,8 @@ class Target:
     application_class: type[Application[Any]]
     projection_class: type[Projection[Any]] | type[EventSourcedProjection[Any]]
     view_class: type[TrackingRecorder] | None
+    view_topic: str | None = None
+    """``--view`` as given, for messages."""
 
 
 def resolve_class(
@@ -155,7 +166,115 @@ def resolve_target(args: argparse.Namespace) -> Target:
         raise UsageError(msg)
     else:
         view_class = resolve_class(args.view, TrackingRecorder, "--view")
-    return Target(application_class, projection_class, view_class)
+    return Target(application_class, projection_class, view_class, args.view)
+
+
+# --- backends ------------------------------------------------------------
+
+# The backends of the library, by package: what to call them in messages,
+# and the settings that each needs besides PERSISTENCE_MODULE.
+_BACKENDS = {
+    "asyncsourcing.popo": ("in-memory", ""),
+    "asyncsourcing.sqlite": ("SQLite", " and SQLITE_DBNAME"),
+    "asyncsourcing.postgres": ("PostgreSQL", " and the POSTGRES_* settings"),
+}
+
+
+def _backend_package(module: str) -> str | None:
+    """The backend package that ``module`` is or is in, if one of the library's."""
+    for package in _BACKENDS:
+        if module == package or module.startswith(f"{package}."):
+            return package
+    return None
+
+
+def _view_backend(view_class: type[Any]) -> str | None:
+    """The package of the library's backend whose view ``view_class`` extends."""
+    for cls in view_class.__mro__:
+        package = _backend_package(cls.__module__)
+        if package is not None:
+            return package
+    return None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The backend a projection is configured with, and where that is said."""
+
+    setting: str
+    """The variable that names it (``PERSISTENCE_MODULE``, or the one
+    prefixed with the projection's name), or ``""`` for the default."""
+    topic: str
+    """The persistence module (or ``module:Class``) that is used."""
+
+    @classmethod
+    def of(cls, name: str, env: Mapping[str, str]) -> Backend:
+        """The backend of the projection ``name`` in the process environment
+        laid under ``env``, chosen as :class:`InfrastructureFactory` does."""
+        environment = Environment(name, {**os.environ, **env})
+        key = InfrastructureFactory.PERSISTENCE_MODULE
+        for setting in environment.create_keys(key):
+            value = dict.get(environment, setting)
+            if value is not None:
+                # An empty value means the default, as for the factory.
+                if value:
+                    return cls(setting, value)
+                break
+        return cls("", InfrastructureFactory.DEFAULT_PERSISTENCE_MODULE)
+
+    @property
+    def package(self) -> str | None:
+        """The library's backend package, or None for another backend."""
+        return _backend_package(self.topic.partition(":")[0])
+
+    def __str__(self) -> str:
+        if not self.setting:
+            kind = _BACKENDS.get(self.topic, (self.topic, ""))[0]
+            return (
+                f"the {kind} default "
+                f"({InfrastructureFactory.PERSISTENCE_MODULE} is not set)"
+            )
+        return f"{self.setting}={self.topic}"
+
+
+def _configuration_error(
+    error: Exception, target: Target, env: Mapping[str, str]
+) -> UsageError:
+    """A :class:`UsageError` for ``error``, raised while constructing.
+
+    When the view belongs to another of the library's backends than the one
+    configured, the message says so and what to set; else it is ``error``'s
+    own message, with the backend.
+    """
+    backend = Backend.of(target.projection_class.name, env)
+    view_class = target.view_class
+    view_backend = None if view_class is None else _view_backend(view_class)
+    if (
+        view_class is not None
+        and view_backend is not None
+        and backend.package is not None
+        and view_backend != backend.package
+    ):
+        kind, settings = _BACKENDS[view_backend]
+        setting = backend.setting or InfrastructureFactory.PERSISTENCE_MODULE
+        view_topic = target.view_topic or topic_of(view_class)
+        msg = (
+            f"--view {view_topic!r} is a view for the {kind} backend "
+            f"({view_backend}), but the backend is {backend}: set "
+            f"{setting}={view_backend}{settings} in the environment or an "
+            f"--env-file, or give a --view for the "
+            f"{_BACKENDS[backend.package][0]} backend"
+        )
+        return UsageError(msg)
+    return UsageError(f"{error} (backend: {backend})")
+
+
+def topic_of(cls: type[Any]) -> str:
+    """``module:Class``, the topic of ``cls`` as the options take it."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+# --- runners -------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -171,7 +290,20 @@ class RunnerParts:
 
 
 def construct_runner(target: Target, env: Mapping[str, str]) -> RunnerParts:
-    """A runner for ``target``, not started: no IO yet."""
+    """A runner for ``target``, not started: no IO yet.
+
+    Raises :class:`UsageError` when the configuration is wrong (an
+    :class:`~eventsourcing.persistence.InfrastructureFactoryError`: a view
+    that does not match the backend, a missing or invalid setting); any
+    other error of the classes' constructors propagates.
+    """
+    try:
+        return _construct_runner(target, env)
+    except InfrastructureFactoryError as error:
+        raise _configuration_error(error, target, env) from error
+
+
+def _construct_runner(target: Target, env: Mapping[str, str]) -> RunnerParts:
     projection_class = target.projection_class
     if issubclass(projection_class, EventSourcedProjection):
         es_runner = EventSourcedProjectionRunner[Any, Any](

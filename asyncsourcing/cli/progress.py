@@ -6,7 +6,7 @@ import logging
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -18,6 +18,7 @@ __all__ = [
     "RateMeter",
     "Sample",
     "configure_logging",
+    "count",
     "format_duration",
     "format_progress",
     "take_sample",
@@ -100,6 +101,17 @@ def _rate(earlier: Sample, later: Sample) -> float:
     return max(later.position - earlier.position, 0) / elapsed if elapsed > 0 else 0
 
 
+def count(number: int | str, noun: str) -> str:
+    """``number`` and ``noun``, plural unless the number is one.
+
+    ``count(1, "event")`` is ``"1 event"``, ``count(1200, "event")`` is
+    ``"1,200 events"``; a number already formatted as text (``"1"``, ``"-"``)
+    is used as it is.
+    """
+    text = f"{number:,}" if isinstance(number, int) else number
+    return f"{text} {noun}" if text == "1" else f"{text} {noun}s"
+
+
 def format_duration(seconds: float) -> str:
     """``0.4s``, ``12s``, ``3m05s``, ``2h07m``."""
     if seconds < 10:
@@ -114,19 +126,38 @@ def format_duration(seconds: float) -> str:
 
 
 def format_progress(sample: Sample, meter: RateMeter) -> str:
-    """The progress line: position, lag in events and seconds, events/s."""
+    """The progress line: position, lag in events and seconds, events/s.
+
+    Its parts are separated by `` | ``, in the order of :data:`PROGRESS_PARTS`.
+    """
+    return " | ".join(part(sample, meter) for part in PROGRESS_PARTS)
+
+
+def _position_part(sample: Sample, meter: RateMeter) -> str:
+    return f"position {sample.position:,} of {sample.head:,}"
+
+
+def _lag_part(sample: Sample, meter: RateMeter) -> str:
     if sample.lag == 0:
         eta = "0s"
     else:
         recent = meter.recent()
         # Nothing processed lately: no honest estimate.
         eta = f"~{format_duration(sample.lag / recent)}" if recent else "?"
+    return f"lag {count(sample.lag, 'event')}, {eta}"
+
+
+def _rate_part(sample: Sample, meter: RateMeter) -> str:
     rate = meter.last_interval()
-    rate_text = "-" if rate is None else f"{rate:,.0f}"
-    return (
-        f"position {sample.position:,} of {sample.head:,} | "
-        f"lag {sample.lag:,} events, {eta} | {rate_text} events/s"
-    )
+    return f"{count('-' if rate is None else f'{rate:,.0f}', 'event')}/s"
+
+
+PROGRESS_PARTS: tuple[Callable[[Sample, RateMeter], str], ...] = (
+    _position_part,
+    _lag_part,
+    _rate_part,
+)
+"""The parts of the progress line, each a function of the sample and meter."""
 
 
 # --- output --------------------------------------------------------------
@@ -179,7 +210,22 @@ class _ProgressAwareHandler(logging.StreamHandler[TextIO]):
         super().emit(record)
 
 
-def configure_logging(level: str, progress: ProgressLine) -> None:
+def configure_logging(
+    level: str, progress: ProgressLine, names: Iterable[str] = ()
+) -> None:
+    """Log to stderr, around the progress line, at ``level`` for some loggers.
+
+    ``level`` applies to the ``asyncsourcing`` loggers and to the loggers
+    ``names`` (the CLI passes the top-level packages of the given topics);
+    all other loggers (asyncio's, aiosqlite's, asyncpg's, ...) stay at
+    WARNING, or at ``level`` if it is higher, so ``DEBUG`` shows the
+    library's and the project's debug messages only.
+    """
     handler = _ProgressAwareHandler(sys.stderr, progress)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+    numeric_level = logging.getLevelNamesMapping()[level]
+    logging.basicConfig(
+        level=max(numeric_level, logging.WARNING), handlers=[handler], force=True
+    )
+    for name in {"asyncsourcing", *names}:
+        logging.getLogger(name).setLevel(numeric_level)

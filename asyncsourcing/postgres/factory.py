@@ -28,20 +28,27 @@ __all__ = ["PostgresFactory"]
 class PostgresFactory(InfrastructureFactory[PostgresTrackingRecorder]):
     """Recorders on one :class:`PostgresDatastore`, configured by ``POSTGRES_*``.
 
+    The connection is given by ``POSTGRES_DBNAME``, ``POSTGRES_HOST``,
+    ``POSTGRES_PORT``, ``POSTGRES_USER`` and ``POSTGRES_PASSWORD``, or by a URL
+    in ``POSTGRES_URL`` (else ``DATABASE_URL``) whose parts those variables
+    override (see :mod:`asyncsourcing.postgres.settings`).
+
     Table names follow eventsourcing 9.5: ``<name>_events`` (``stored_events``
     without a name), ``<name>_snapshots`` and ``<name>_tracking``
     (``notification_tracking``), ``<name>`` being the environment's name,
-    lower-cased. Constructing the factory validates the settings
-    (:class:`~asyncsourcing.postgres.settings.PostgresSettingsError` names a
-    bad variable) but does not connect. All its recorders share the
-    datastore's pool, LISTEN connection and position boards; :meth:`close`
-    closes them.
+    lower-cased. Constructing the factory validates the settings (one
+    :class:`~asyncsourcing.postgres.settings.PostgresSettingsError` names every
+    missing or malformed variable) but does not connect. All its recorders
+    share the datastore's pool, LISTEN connection and position boards;
+    :meth:`close` closes them.
     """
 
     # Its topic is the public name, "asyncsourcing.postgres:PostgresFactory",
     # where InfrastructureFactory.construct() finds it.
     __module__ = "asyncsourcing.postgres"
 
+    POSTGRES_URL = "POSTGRES_URL"
+    DATABASE_URL = "DATABASE_URL"
     POSTGRES_DBNAME = "POSTGRES_DBNAME"
     POSTGRES_HOST = "POSTGRES_HOST"
     POSTGRES_PORT = "POSTGRES_PORT"
@@ -59,6 +66,7 @@ class PostgresFactory(InfrastructureFactory[PostgresTrackingRecorder]):
     )
     POSTGRES_SSLMODE = "POSTGRES_SSLMODE"
     POSTGRES_POLL_INTERVAL = "POSTGRES_POLL_INTERVAL"
+    POSTGRES_APPLICATION_NAME = "POSTGRES_APPLICATION_NAME"
     ORIGINATOR_ID_TYPE = "ORIGINATOR_ID_TYPE"
 
     def __init__(self, env: Environment | EnvType | None = None) -> None:

@@ -3,24 +3,36 @@
 The environment variables keep the names of ``eventsourcing.postgres``
 (``POSTGRES_DBNAME``, ``POSTGRES_HOST``, ``POSTGRES_PORT``, ``POSTGRES_USER``,
 ``POSTGRES_PASSWORD``, ``POSTGRES_SCHEMA``, ``POSTGRES_POOL_SIZE``, ...), and
-their defaults where eventsourcing has one. A missing or malformed setting
-raises :class:`PostgresSettingsError` naming the variable; the password is
-never shown, in reprs or in errors.
+their defaults where eventsourcing has one.
+
+The connection may also be given as a URL, in ``POSTGRES_URL`` or, when that
+is not set, in ``DATABASE_URL``:
+``postgresql://user:password@host:port/dbname?sslmode=require`` (or
+``postgres://``; percent-encoded parts; a Unix-socket directory as the host,
+``?host=/var/run/postgresql``). Each ``POSTGRES_*`` variable that is set
+overrides the URL's part: ``POSTGRES_DBNAME`` wins over the URL's database,
+and so on.
+
+Every missing or malformed setting is reported in one
+:class:`PostgresSettingsError` naming the variables; the password is never
+shown, in reprs or in errors, nor is any part of a URL.
 
 Differences: ``POSTGRES_CONN_MAX_AGE`` closes pooled connections that have
 been idle that long (asyncpg has no maximum age); ``POSTGRES_PRE_PING``,
 ``POSTGRES_MAX_WAITING`` and ``POSTGRES_ENABLE_DB_FUNCTIONS`` are ignored;
-``SINGLE_ROW_TRACKING`` may only be true. New: ``POSTGRES_SSLMODE``,
-``POSTGRES_POLL_INTERVAL`` (the safety-net poll, default 1 second) and
-``POSTGRES_APPLICATION_NAME`` (default "asyncsourcing").
+``SINGLE_ROW_TRACKING`` may only be true. New: the URLs,
+``POSTGRES_SSLMODE``, ``POSTGRES_POLL_INTERVAL`` (the safety-net poll,
+default 1 second) and ``POSTGRES_APPLICATION_NAME`` (default
+"asyncsourcing").
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NoReturn, Self, TypedDict, TypeVar, cast
+from typing import Literal, Self, TypedDict, TypeVar, cast
+from urllib.parse import unquote
 
 from eventsourcing.persistence import InfrastructureFactoryError
 from eventsourcing.utils import Environment, resolve_topic, strtobool
@@ -28,6 +40,7 @@ from eventsourcing.utils import Environment, resolve_topic, strtobool
 from asyncsourcing.postgres.identifiers import check_identifier
 
 __all__ = [
+    "URL_KEYS",
     "ConnectKwargs",
     "PasswordType",
     "PostgresSettings",
@@ -48,6 +61,11 @@ SSL_MODES: tuple[SSLMode, ...] = (
     "verify-full",
 )
 
+_ORIGINATOR_ID_TYPES: tuple[Literal["uuid", "text"], ...] = ("uuid", "text")
+
+#: The variables that may hold a connection URL, the first set one winning.
+URL_KEYS = ("POSTGRES_URL", "DATABASE_URL")
+
 
 class ConnectKwargs(TypedDict):
     """Keyword arguments of :func:`asyncpg.connect` and :func:`asyncpg.create_pool`."""
@@ -63,26 +81,46 @@ class ConnectKwargs(TypedDict):
 
 
 _T = TypeVar("_T")
+_S = TypeVar("_S", bound=str)
 
 
 class PostgresSettingsError(InfrastructureFactoryError, OSError):
-    """A Postgres setting is missing or malformed.
+    """Postgres settings are missing or malformed.
 
     An :class:`~eventsourcing.persistence.InfrastructureFactoryError`, like
     the other errors of constructing a factory, and an :class:`OSError`, which
     is what ``eventsourcing.postgres`` raises for the same mistakes.
+
+    One error reports every problem found. :attr:`missing` holds the
+    unprefixed names of the required settings that were not found (e.g.
+    ``("POSTGRES_DBNAME", "POSTGRES_PASSWORD")``), :attr:`invalid` the names
+    of the variables whose values are malformed, as set (e.g.
+    ``("ORDERS_POSTGRES_PORT",)``).
     """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        missing: Sequence[str] = (),
+        invalid: Sequence[str] = (),
+    ) -> None:
+        super().__init__(message)
+        self.missing: tuple[str, ...] = tuple(missing)
+        self.invalid: tuple[str, ...] = tuple(invalid)
 
 
 @dataclass(frozen=True, kw_only=True)
 class PostgresSettings:
     """Everything a :class:`~asyncsourcing.postgres.PostgresDatastore` needs.
 
-    Validated on construction (:class:`PostgresSettingsError` names the bad
+    Validated on construction (:class:`PostgresSettingsError` names every bad
     field). Durations are in seconds. The password is left out of the repr.
     """
 
     dbname: str
+    #: A host name or address, or the directory of a Unix-domain socket
+    #: (a path starting with "/").
     host: str
     user: str
     password: PasswordType = field(repr=False)
@@ -105,31 +143,36 @@ class PostgresSettings:
     #: Interval of the slow safety-net poll for waiters and subscriptions.
     poll_interval: float = 1.0
     originator_id_type: Literal["uuid", "text"] = "uuid"
-    #: Whether recorders create their tables on first use.
+    #: Whether recorders create their tables (and the schema) on first use.
     create_tables: bool = True
     #: Shown in ``pg_stat_activity``; the LISTEN connection adds ``:listen``.
     application_name: str = "asyncsourcing"
 
     def __post_init__(self) -> None:
+        problems: list[tuple[str, str]] = []
+
+        def invalid(name: str, reason: str) -> None:
+            problems.append((name, reason))
+
         for name in ("dbname", "host", "user"):
             if not getattr(self, name):
-                _invalid(name, "must not be empty")
+                invalid(name, "must not be empty")
         if not 0 < self.port < 65536:
-            _invalid("port", f"must be a TCP port number, got {self.port!r}")
+            invalid("port", f"must be a TCP port number, got {self.port!r}")
         schema = self.schema.strip() or "public"
         object.__setattr__(self, "schema", schema)
         try:
             check_identifier(schema)
         except ValueError as error:
-            _invalid("schema", str(error))
+            invalid("schema", str(error))
         if self.pool_size < 0 or self.max_overflow < 0:
-            _invalid("pool_size", "pool_size and max_overflow must not be negative")
-        if self.pool_size + self.max_overflow < 1:
-            _invalid("pool_size", "pool_size + max_overflow must be at least 1")
+            invalid("pool_size", "pool_size and max_overflow must not be negative")
+        elif self.pool_size + self.max_overflow < 1:
+            invalid("pool_size", "pool_size + max_overflow must be at least 1")
         for name in ("connect_timeout", "poll_interval"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
-                _invalid(name, f"must be a positive number, got {value!r}")
+                invalid(name, f"must be a positive number, got {value!r}")
         for name in (
             "idle_in_transaction_session_timeout",
             "lock_timeout",
@@ -137,11 +180,13 @@ class PostgresSettings:
         ):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
-                _invalid(name, f"must not be negative, got {value!r}")
+                invalid(name, f"must not be negative, got {value!r}")
         if self.sslmode is not None and self.sslmode not in SSL_MODES:
-            _invalid("sslmode", f"must be one of {', '.join(SSL_MODES)}")
+            invalid("sslmode", f"must be one of {', '.join(SSL_MODES)}")
         if self.originator_id_type not in ("uuid", "text"):
-            _invalid("originator_id_type", "must be 'uuid' or 'text'")
+            invalid("originator_id_type", "must be 'uuid' or 'text'")
+        if problems:
+            raise _InvalidFieldsError(problems)
 
     def connect_kwargs(self, *, listen: bool = False) -> ConnectKwargs:
         """Keyword arguments of :func:`asyncpg.connect` for these settings."""
@@ -168,77 +213,103 @@ class PostgresSettings:
         """Settings from environment variables (``eventsourcing``'s names).
 
         With an :class:`Environment` that has a name, ``NAME_POSTGRES_HOST``
-        wins over ``POSTGRES_HOST``, and so on.
+        wins over ``POSTGRES_HOST``, and so on. The connection may be given
+        by a URL in ``POSTGRES_URL`` or, if that is not set, in
+        ``DATABASE_URL`` (see :data:`URL_KEYS`); each ``POSTGRES_*`` variable
+        that is set overrides the URL's part.
+
+        :raises PostgresSettingsError: naming every missing or malformed
+            setting, at once.
         """
         reader = _EnvReader(
             env if isinstance(env, Environment) else Environment(env=env)
         )
-        password: PasswordType
-        get_password_topic = reader.get("POSTGRES_GET_PASSWORD_TOPIC")
-        if get_password_topic:
-            password = reader.parse(
-                "POSTGRES_GET_PASSWORD_TOPIC", get_password_topic, _callable_topic
-            )
-        else:
-            password = reader.require("POSTGRES_PASSWORD", secret=True)
+        url = reader.url()
         if not _bool_setting(reader, "SINGLE_ROW_TRACKING", default=True):
-            reader.fail(
+            reader.invalid(
                 "SINGLE_ROW_TRACKING",
                 "only single-row tracking is supported (as in eventsourcing 9.5)",
             )
+        dbname = reader.require("POSTGRES_DBNAME", url.dbname)
+        host = reader.require("POSTGRES_HOST", url.host)
+        user = reader.require("POSTGRES_USER", url.user)
+        password: PasswordType = ""
+        get_password_topic = reader.get("POSTGRES_GET_PASSWORD_TOPIC")
+        if get_password_topic:
+            password = reader.parse(
+                "POSTGRES_GET_PASSWORD_TOPIC",
+                get_password_topic,
+                _callable_topic,
+                fallback=password,
+            )
+        else:
+            password = reader.require("POSTGRES_PASSWORD", url.password, secret=True)
+        port = reader.number(
+            "POSTGRES_PORT", int, url.port or 5432, minimum=1, maximum=65535
+        )
+        schema = reader.get("POSTGRES_SCHEMA") or "public"
+        pool_size = reader.number("POSTGRES_POOL_SIZE", int, 5, minimum=0)
+        max_overflow = reader.number("POSTGRES_MAX_OVERFLOW", int, 10, minimum=0)
+        connect_timeout = reader.number(
+            "POSTGRES_CONNECT_TIMEOUT",
+            float,
+            url.connect_timeout or 30.0,
+            minimum=0,
+            exclusive=True,
+        )
+        idle_in_transaction_session_timeout = reader.number(
+            "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT", float, 5.0, minimum=0
+        )
+        lock_timeout = reader.number("POSTGRES_LOCK_TIMEOUT", int, 0, minimum=0)
+        conn_max_age = reader.number("POSTGRES_CONN_MAX_AGE", float, 3600.0, minimum=0)
+        sslmode = reader.choice("POSTGRES_SSLMODE", SSL_MODES) or url.sslmode
+        poll_interval = reader.number(
+            "POSTGRES_POLL_INTERVAL", float, 1.0, minimum=0, exclusive=True
+        )
+        originator_id_type = (
+            reader.choice("ORIGINATOR_ID_TYPE", _ORIGINATOR_ID_TYPES) or "uuid"
+        )
+        create_tables = _bool_setting(reader, "CREATE_TABLE", default=True)
+        application_name = (
+            reader.get("POSTGRES_APPLICATION_NAME")
+            or url.application_name
+            or "asyncsourcing"
+        )
+        reader.raise_problems()
         try:
             return cls(
-                dbname=reader.require("POSTGRES_DBNAME"),
-                host=reader.require("POSTGRES_HOST"),
-                user=reader.require("POSTGRES_USER"),
+                dbname=dbname,
+                host=host,
+                user=user,
                 password=password,
-                port=reader.number(
-                    "POSTGRES_PORT", int, 5432, minimum=1, maximum=65535
-                ),
-                schema=reader.get("POSTGRES_SCHEMA") or "public",
-                pool_size=reader.number("POSTGRES_POOL_SIZE", int, 5, minimum=0),
-                max_overflow=reader.number("POSTGRES_MAX_OVERFLOW", int, 10, minimum=0),
-                connect_timeout=reader.number(
-                    "POSTGRES_CONNECT_TIMEOUT", float, 30.0, minimum=0, exclusive=True
-                ),
-                idle_in_transaction_session_timeout=reader.number(
-                    "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT",
-                    float,
-                    5.0,
-                    minimum=0,
-                ),
-                lock_timeout=reader.number("POSTGRES_LOCK_TIMEOUT", int, 0, minimum=0),
-                conn_max_age=reader.number(
-                    "POSTGRES_CONN_MAX_AGE", float, 3600.0, minimum=0
-                ),
-                sslmode=cast(
-                    "SSLMode | None", reader.choice("POSTGRES_SSLMODE", SSL_MODES)
-                ),
-                poll_interval=reader.number(
-                    "POSTGRES_POLL_INTERVAL", float, 1.0, minimum=0, exclusive=True
-                ),
-                originator_id_type=cast(
-                    "Literal['uuid', 'text']",
-                    reader.choice("ORIGINATOR_ID_TYPE", ("uuid", "text")) or "uuid",
-                ),
-                create_tables=_bool_setting(reader, "CREATE_TABLE", default=True),
-                application_name=reader.get("POSTGRES_APPLICATION_NAME")
-                or "asyncsourcing",
+                port=port,
+                schema=schema,
+                pool_size=pool_size,
+                max_overflow=max_overflow,
+                connect_timeout=connect_timeout,
+                idle_in_transaction_session_timeout=idle_in_transaction_session_timeout,
+                lock_timeout=lock_timeout,
+                conn_max_age=conn_max_age,
+                sslmode=sslmode,
+                poll_interval=poll_interval,
+                originator_id_type=originator_id_type,
+                create_tables=create_tables,
+                application_name=application_name,
             )
-        except _InvalidFieldError as error:
-            key = _FIELD_KEYS.get(error.field_name, error.field_name)
-            reader.fail(key, error.reason)
+        except _InvalidFieldsError as error:
+            for field_name, reason in error.problems:
+                reader.invalid(_FIELD_KEYS.get(field_name, field_name), reason)
+            reader.raise_problems()
+            raise  # pragma: no cover (raise_problems() raised)
 
 
-class _InvalidFieldError(PostgresSettingsError):
-    def __init__(self, field_name: str, reason: str) -> None:
-        super().__init__(f"Invalid Postgres setting {field_name!r}: {reason}")
-        self.field_name = field_name
-        self.reason = reason
+class _InvalidFieldsError(PostgresSettingsError):
+    """Fields of :class:`PostgresSettings` given malformed values."""
 
-
-def _invalid(field_name: str, reason: str) -> NoReturn:
-    raise _InvalidFieldError(field_name, reason)
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        lines = [f"Invalid Postgres setting {name!r}: {why}" for name, why in problems]
+        super().__init__("\n".join(lines), invalid=[name for name, _ in problems])
+        self.problems = problems
 
 
 #: The environment variable of each field, to name it in errors.
@@ -271,18 +342,237 @@ def _callable_topic(topic: str) -> Callable[[], str] | Callable[[], Awaitable[st
 
 
 def _bool_setting(reader: _EnvReader, key: str, *, default: bool) -> bool:
-    """A boolean setting; a value that is not one raises naming ``key``."""
+    """A boolean setting; a value that is not one is reported, naming ``key``."""
     value = reader.get(key)
     if not value:
         return default
-    return reader.parse(key, value, lambda v: bool(strtobool(v)))
+    return reader.parse(key, value, lambda v: bool(strtobool(v)), fallback=default)
+
+
+# --- URLs ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _URLParts:
+    """What a connection URL says; None where it says nothing."""
+
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    password: str | None = None
+    dbname: str | None = None
+    sslmode: SSLMode | None = None
+    application_name: str | None = None
+    connect_timeout: float | None = None
+
+
+_URL_SCHEMES = ("postgresql", "postgres")
+
+#: The query parameters a URL may have (libpq's names).
+_URL_PARAMETERS = (
+    "host",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "sslmode",
+    "application_name",
+    "connect_timeout",
+)
+
+#: libpq's other parameters: refused by name, as not supported. A parameter
+#: that is none of libpq's is refused without its name, which may be a
+#: misplaced part of the password.
+_LIBPQ_PARAMETERS = frozenset(
+    {
+        "hostaddr", "passfile", "require_auth", "channel_binding",
+        "client_encoding", "options", "fallback_application_name",
+        "keepalives", "keepalives_idle", "keepalives_interval",
+        "keepalives_count", "tcp_user_timeout", "replication", "gssencmode",
+        "requiressl", "sslcompression", "sslcert", "sslkey", "sslpassword",
+        "sslcertmode", "sslrootcert", "sslcrl", "sslcrldir", "sslsni",
+        "requirepeer", "ssl_min_protocol_version", "ssl_max_protocol_version",
+        "krbsrvname", "gsslib", "gssdelegation", "service",
+        "target_session_attrs", "load_balance_hosts",
+        "ssl",  # Not libpq's (asyncpg's and SQLAlchemy's): sslmode is.
+    }
+)  # fmt: skip
+
+_URL_FORM_SHORT = "postgresql://user:password@host:port/dbname"
+_URL_FORM = _URL_FORM_SHORT + "?sslmode=..."
+_ENCODE_HINT = (
+    "in the user name, password and database name, characters such as "
+    "@ : / ? # & % must be percent-encoded, e.g. %2F for /"
+)
+
+
+def _parse_url(url: str) -> _URLParts:
+    """The parts of a ``postgresql://`` URL, percent-decoded.
+
+    Follows libpq's URIs: ``postgresql://`` or ``postgres://`` (a SQLAlchemy
+    driver suffix such as ``postgresql+asyncpg://`` is allowed and ignored),
+    then ``user:password@host:port/dbname``, every part optional, then query
+    parameters (:data:`_URL_PARAMETERS`) that override those parts. A host
+    that starts with "/" (``?host=/var/run/postgresql``, or percent-encoded
+    in place of the host) is the directory of a Unix-domain socket.
+
+    :raises ValueError: saying what is wrong, never quoting any part of the
+        URL (a misplaced character can put a piece of the password anywhere).
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme.lower().partition("+")[0] not in _URL_SCHEMES:
+        msg = f"not a PostgreSQL URL: expected {_URL_FORM} (or postgres://)"
+        raise ValueError(msg)
+    if "#" in rest:
+        msg = f"a URL has no '#' fragment: {_ENCODE_HINT}"
+        raise ValueError(msg)
+    # The authority ends at the first "/" or "?", as in libpq.
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=None)
+    authority, tail = (rest, "") if end is None else (rest[:end], rest[end:])
+    path, _, query = tail.partition("?")
+    if "@" in path:
+        # An "@" after the host is most likely the end of a password whose
+        # "/" was not encoded: refused rather than read as a database name.
+        msg = f"an unencoded '@' after the host: {_ENCODE_HINT}"
+        raise ValueError(msg)
+    userinfo, at, hostport = authority.rpartition("@")
+    parts: dict[str, str] = {}
+    if at:
+        user, colon, password = userinfo.partition(":")
+        if user:
+            parts["user"] = _decode(user, "the user name")
+        if colon:
+            parts["password"] = _decode(password, "the password")
+    if hostport:
+        host, port = _split_host_port(hostport)
+        if host:
+            parts["host"] = _decode(host, "the host")
+        if port:
+            parts["port"] = port
+    if len(path) > 1:
+        parts["dbname"] = _decode(path[1:], "the database name")
+    if query:
+        parts.update(_query_parameters(query))
+    return _URLParts(
+        host=parts.get("host") or None,
+        port=_url_port(parts["port"]) if "port" in parts else None,
+        user=parts.get("user") or None,
+        password=parts.get("password"),
+        dbname=parts.get("dbname") or None,
+        sslmode=_url_sslmode(parts["sslmode"]) if "sslmode" in parts else None,
+        application_name=parts.get("application_name") or None,
+        connect_timeout=(
+            _url_connect_timeout(parts["connect_timeout"])
+            if "connect_timeout" in parts
+            else None
+        ),
+    )
+
+
+def _decode(text: str, what: str) -> str:
+    try:
+        return unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        msg = f"{what} is not valid UTF-8 once percent-decoded"
+        raise ValueError(msg) from None
+
+
+def _split_host_port(hostport: str) -> tuple[str, str]:
+    if "," in hostport:
+        msg = "several hosts are not supported: give one host"
+        raise ValueError(msg)
+    if hostport.startswith("["):  # An IPv6 address: [::1]:5432
+        address, bracket, after = hostport[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            msg = "an IPv6 address must be written [address] or [address]:port"
+            raise ValueError(msg)
+        return address, after[1:]
+    host, _, port = hostport.partition(":")
+    if ":" in port:
+        msg = (
+            "the host part has more than one ':': write an IPv6 address in "
+            f"brackets, [::1]; {_ENCODE_HINT}"
+        )
+        raise ValueError(msg)
+    return host, port
+
+
+def _query_parameters(query: str) -> dict[str, str]:
+    parameters: dict[str, str] = {}
+    unsupported: list[str] = []
+    unknown = 0
+    for item in query.split("&"):
+        if not item:
+            continue
+        raw_name, equals, raw_value = item.partition("=")
+        name = _decode(raw_name, "a query parameter's name")
+        if name in _URL_PARAMETERS and equals:
+            what = "the password" if name == "password" else f"parameter {name!r}"
+            parameters[name] = _decode(raw_value, what)
+        elif name in _URL_PARAMETERS:
+            msg = f"query parameter {name!r} has no value ({name}=...)"
+            raise ValueError(msg)
+        elif name in _LIBPQ_PARAMETERS:
+            unsupported.append(name)
+        else:
+            unknown += 1
+    if unsupported or unknown:
+        named = [repr(name) for name in unsupported]
+        if unknown:
+            named.append(f"{unknown} unknown to libpq (not shown)")
+        msg = (
+            f"unsupported query parameters: {', '.join(named)}; supported are "
+            f"{', '.join(_URL_PARAMETERS)}"
+        )
+        if unknown:
+            msg += f" ({_ENCODE_HINT})"
+        raise ValueError(msg)
+    return parameters
+
+
+def _url_port(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 0 < int(text) < 65536):
+        msg = f"the port is not a number from 1 to 65535 ({_ENCODE_HINT})"
+        raise ValueError(msg)
+    return int(text)
+
+
+def _url_sslmode(text: str) -> SSLMode:
+    if text.lower() not in SSL_MODES:
+        msg = f"sslmode must be one of {', '.join(SSL_MODES)}"
+        raise ValueError(msg)
+    return cast("SSLMode", text.lower())
+
+
+def _url_connect_timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        msg = "connect_timeout must be a positive number of seconds"
+        raise ValueError(msg)
+    return value
+
+
+# --- reading the environment -----------------------------------------------
 
 
 class _EnvReader:
-    """Reads settings from an environment; errors name the variable looked up."""
+    """Reads settings from an environment, collecting every problem found.
+
+    A missing or malformed setting is recorded, naming the variable looked
+    up, and a fallback value is returned so that reading goes on;
+    :meth:`raise_problems` then reports them all in one error.
+    """
 
     def __init__(self, env: Environment) -> None:
         self.env = env
+        self.missing: list[str] = []
+        self.problems: list[tuple[str, str]] = []
+        #: The variable that holds the URL read by :meth:`url`, if any.
+        self.url_key: str | None = None
+        self.url_invalid = False
 
     def key_of(self, key: str) -> str:
         """The variable that holds ``key``'s value (e.g. ``APP_POSTGRES_PORT``)."""
@@ -295,25 +585,44 @@ class _EnvReader:
         value = self.env.get(key)
         return value.strip() if value is not None else None
 
-    def fail(self, key: str, reason: str) -> NoReturn:
-        msg = f"Postgres environment variable {self.key_of(key)!r} is invalid: {reason}"
-        raise PostgresSettingsError(msg)
+    def invalid(self, key: str, reason: str) -> None:
+        """Record that ``key``'s value is malformed, for ``reason``."""
+        self.problems.append((self.key_of(key), reason))
 
-    def require(self, key: str, *, secret: bool = False) -> str:
-        # A password is used as it is: spaces may be part of it.
+    def url(self) -> _URLParts:
+        """The parts of the first URL set of :data:`URL_KEYS` (none: no parts)."""
+        for key in URL_KEYS:
+            value = self.get(key)
+            if value:
+                self.url_key = self.key_of(key)
+                try:
+                    return _parse_url(value)
+                except ValueError as error:
+                    self.invalid(key, str(error))
+                    self.url_invalid = True
+                    break
+        return _URLParts()
+
+    def require(self, key: str, from_url: str | None, *, secret: bool = False) -> str:
+        """``key``'s value, else the URL's part, else recorded as missing."""
+        # A password is used as it is: spaces may be part of it, and it may
+        # be empty (though an empty variable does not override the URL's).
         value = self.env.get(key) if secret else self.get(key)
+        if not value and from_url is not None:
+            return from_url
         if value is None or (not secret and not value):
-            keys = " or ".join(repr(k) for k in self.env.create_keys(key))
-            msg = f"Postgres setting not found in environment: set {keys}"
-            raise PostgresSettingsError(msg)
+            self.missing.append(key)
+            return ""
         return value
 
-    def parse(self, key: str, value: str, parse: Callable[[str], _T]) -> _T:
+    def parse(
+        self, key: str, value: str, parse: Callable[[str], _T], *, fallback: _T
+    ) -> _T:
         try:
             return parse(value)
         except Exception as error:
-            reason = f"{error} (got {value!r})"
-            self.fail(key, reason)
+            self.invalid(key, f"{error} (got {value!r})")
+            return fallback
 
     def number(
         self,
@@ -332,23 +641,71 @@ class _EnvReader:
         try:
             number = kind(value)
         except ValueError:
-            self.fail(key, f"{described} is expected, got {value!r}")
+            self.invalid(key, f"{described} is expected, got {value!r}")
+            return default
         as_float = float(cast("float", number))
         if not math.isfinite(as_float):
-            self.fail(key, f"{described} is expected, got {value!r}")
-        if minimum is not None and (
+            self.invalid(key, f"{described} is expected, got {value!r}")
+        elif minimum is not None and (
             as_float < minimum or (exclusive and as_float == minimum)
         ):
             bound = "greater than" if exclusive else "at least"
-            self.fail(key, f"must be {bound} {minimum:g}, got {value!r}")
-        if maximum is not None and as_float > maximum:
-            self.fail(key, f"must be at most {maximum:g}, got {value!r}")
-        return number
+            self.invalid(key, f"must be {bound} {minimum:g}, got {value!r}")
+        elif maximum is not None and as_float > maximum:
+            self.invalid(key, f"must be at most {maximum:g}, got {value!r}")
+        else:
+            return number
+        return default
 
-    def choice(self, key: str, choices: tuple[str, ...]) -> str | None:
+    def choice(self, key: str, choices: tuple[_S, ...]) -> _S | None:
         value = self.get(key)
         if not value:
             return None
-        if value.lower() not in choices:
-            self.fail(key, f"expected one of {', '.join(choices)}, got {value!r}")
-        return value.lower()
+        for choice in choices:
+            if value.lower() == choice:
+                return choice
+        self.invalid(key, f"expected one of {', '.join(choices)}, got {value!r}")
+        return None
+
+    def raise_problems(self) -> None:
+        """Raise one :class:`PostgresSettingsError` for every problem recorded."""
+        if not (self.missing or self.problems):
+            return
+        reports = [
+            f"Postgres environment variable {key!r} is invalid: {reason}"
+            for key, reason in self.problems
+        ]
+        # Settings missing because the URL that would give them is malformed
+        # are not reported: the URL's error is the one to fix.
+        missing = [] if self.url_invalid else self.missing
+        if missing:
+            reports.insert(0, self._missing_report())
+        if len(reports) == 1:
+            message = reports[0]
+        else:
+            listed = "".join(f"\n- {report}" for report in reports)
+            message = f"{len(reports)} problems with the Postgres settings:{listed}"
+        raise PostgresSettingsError(
+            message,
+            missing=missing,
+            invalid=[key for key, _ in self.problems],
+        )
+
+    def _missing_report(self) -> str:
+        names = [repr(key) for key in self.missing]
+        if "POSTGRES_PASSWORD" in self.missing:
+            i = self.missing.index("POSTGRES_PASSWORD")
+            names[i] += " (or 'POSTGRES_GET_PASSWORD_TOPIC')"
+        listed = names[-1] if len(names) == 1 else ", ".join(names[:-1])
+        if len(names) > 1:
+            listed += f" and {names[-1]}"
+        them = "it" if len(names) == 1 else "them"
+        advice = f"Set {them}"
+        if self.env.name:
+            advice += f" (prefixed {self.env.name.upper() + '_'!r} or not)"
+        if self.url_key is not None:
+            advice += f", or include {them} in the URL of {self.url_key!r}"
+        else:
+            urls = " or ".join(repr(key) for key in URL_KEYS)
+            advice += f", or set a URL, {_URL_FORM_SHORT}, in {urls}"
+        return f"Postgres settings not found in environment: {listed}. {advice}."

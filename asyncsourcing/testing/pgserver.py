@@ -3,8 +3,14 @@
 :class:`TemporaryPostgres` runs ``initdb`` into a fresh temporary directory,
 starts a server on a free TCP port of 127.0.0.1, creates one database owned by
 a password-protected superuser, and removes everything again on :meth:`stop`.
-The server is tuned for speed, not durability (``fsync=off`` and friends): it
-is meant for data that is thrown away when the process ends.
+
+By default the server is as durable as a production server
+(:data:`DURABLE_SETTINGS`: ``fsync``, ``synchronous_commit`` and
+``full_page_writes`` on), so that a test that crashes it
+(:meth:`TemporaryPostgres.restart` with ``mode="immediate"``) sees what a
+crash of a real server does. ``TemporaryPostgres(durable=False)`` trades
+durability for speed (:data:`FAST_SETTINGS`); its docstring says exactly what
+each setting loses.
 
 Usage::
 
@@ -44,6 +50,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_SETTINGS",
+    "DURABLE_SETTINGS",
+    "FAST_SETTINGS",
     "PostgresBinaries",
     "TemporaryPostgres",
     "find_postgres_binaries",
@@ -53,15 +61,28 @@ __all__ = [
 #: version; they are not on PATH there.
 DEBIAN_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 
-#: Server settings for a fast throwaway server. Durability is traded away:
-#: a crash of the machine (not of the server) may lose committed data, which
-#: does not matter for data that is deleted at the end of the run anyway.
+#: Server settings of every :class:`TemporaryPostgres`, whatever its
+#: durability.
 DEFAULT_SETTINGS: dict[str, str] = {
+    "max_connections": "200",
+    "shared_buffers": "128MB",
+}
+
+#: The durability settings of ``TemporaryPostgres(durable=True)``, the
+#: default: PostgreSQL's own defaults, written out so that no configuration
+#: of the machine changes them. A commit returns once its WAL is on disk.
+DURABLE_SETTINGS: dict[str, str] = {
+    "fsync": "on",
+    "synchronous_commit": "on",
+    "full_page_writes": "on",
+}
+
+#: The durability settings of ``TemporaryPostgres(durable=False)``: faster
+#: commits, and what each loses (see :class:`TemporaryPostgres`).
+FAST_SETTINGS: dict[str, str] = {
     "fsync": "off",
     "synchronous_commit": "off",
     "full_page_writes": "off",
-    "max_connections": "200",
-    "shared_buffers": "128MB",
 }
 
 _REQUIRED = ("initdb", "pg_ctl", "postgres")
@@ -206,11 +227,41 @@ class TemporaryPostgres:
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
 
+    Durability: by default (``durable=True``) the server runs with
+    :data:`DURABLE_SETTINGS`, and a commit that returned survives a crash of
+    the server (an immediate :meth:`restart`, a killed postmaster) and of the
+    machine, as on a production server with PostgreSQL's defaults.
+    ``durable=False`` runs it with :data:`FAST_SETTINGS` instead, which lose:
+
+    * ``synchronous_commit=off``: a commit returns before its WAL is flushed,
+      so a crash of the *server* (an immediate :meth:`restart` included), not
+      only of the machine, loses the transactions committed in its last
+      moments (up to three times ``wal_writer_delay``, 0.6 s by default),
+      although their clients were told they committed. The database stays
+      consistent: the lost transactions are lost whole.
+    * ``fsync=off``: nothing is forced to disk. A crash of the server loses
+      nothing more (the operating system still has the writes), but a crash
+      of the operating system or machine, or a power loss, may lose any
+      data, committed long before, and leave the cluster corrupt beyond
+      recovery.
+    * ``full_page_writes=off``: a page only partly written when the operating
+      system or machine crashes cannot be repaired from the WAL: silent
+      corruption after such a crash (not after a crash of the server alone).
+
+    The fast server's cluster is also created without being flushed to disk
+    (``initdb --no-sync``), which only a crash of the machine soon after
+    :meth:`start` can hurt. For data that is thrown away when the process
+    ends, only the first item matters: a test that crashes the server and
+    counts on acknowledged commits needs the durable default.
+
     :param user: name of the superuser created by ``initdb``.
     :param password: that superuser's password.
     :param dbname: name of the database created for the tests.
+    :param durable: :data:`DURABLE_SETTINGS` (true, the default) or
+        :data:`FAST_SETTINGS` (false), as described above.
     :param settings: server settings added to (and overriding)
-        :data:`DEFAULT_SETTINGS`, e.g. ``{"log_statement": "all"}``.
+        :data:`DEFAULT_SETTINGS` and the durability settings, e.g.
+        ``{"log_statement": "all"}``.
     :param run_as: account that runs the server; by default ourselves, or, as
         root, ``postgres`` or else ``nobody``.
     :param startup_timeout: seconds to wait for the server to accept
@@ -227,6 +278,7 @@ class TemporaryPostgres:
         user: str = "eventsourcing",
         password: str = "eventsourcing",
         dbname: str = "eventsourcing",
+        durable: bool = True,
         settings: Mapping[str, str] | None = None,
         run_as: str | None = None,
         startup_timeout: float = 30.0,
@@ -236,7 +288,9 @@ class TemporaryPostgres:
         self.password = password
         self.dbname = dbname
         self.startup_timeout = startup_timeout
-        self._settings = {**DEFAULT_SETTINGS, **(settings or {})}
+        self.durable = durable
+        durability = DURABLE_SETTINGS if durable else FAST_SETTINGS
+        self._settings = {**DEFAULT_SETTINGS, **durability, **(settings or {})}
         self._requested_run_as = run_as
         self._binaries = binaries
         self._run_as: _RunAs | None = None
@@ -328,12 +382,11 @@ class TemporaryPostgres:
 
         :param mode: ``pg_ctl`` shutdown mode: ``"fast"`` (clean shutdown
             that disconnects clients) or ``"immediate"`` (like a crash: the
-            server recovers from its WAL on start). With the default
-            ``synchronous_commit=off``, an immediate restart may lose the
-            transactions committed in the last second or so, as a real crash
-            would with that setting: a fault test that counts on commits
-            surviving a crash should pass
-            ``settings={"synchronous_commit": "on"}``.
+            server recovers from its WAL on start). A durable server (the
+            default) keeps every commit that returned; with
+            ``durable=False`` an immediate restart may lose the last
+            fraction of a second of commits, as a real crash would with
+            ``synchronous_commit=off``.
         """
         binaries = self._started_binaries()
         self._pg_ctl(binaries, "restart", "-m", mode)
@@ -370,9 +423,15 @@ class TemporaryPostgres:
     ) -> None:
         self.stop()
 
+    @property
+    def settings(self) -> dict[str, str]:
+        """The server settings it runs with (besides address, port and socket)."""
+        return dict(self._settings)
+
     def __repr__(self) -> str:
         where = f"{self.host}:{self._port}" if self._port else "not started"
-        return f"<{type(self).__name__} {where}>"
+        durability = "durable" if self.durable else "fast"
+        return f"<{type(self).__name__} {where} {durability}>"
 
     # -- internals ----------------------------------------------------------
 
@@ -488,8 +547,9 @@ class TemporaryPostgres:
                     # locale that is not installed, which fails initdb.
                     "--no-locale",
                     "--encoding=UTF8",
-                    # Skip fsyncing the new cluster: saves about a second.
-                    "--no-sync",
+                    # Skip fsyncing the new cluster when durability is
+                    # traded for speed anyway: saves about a second.
+                    *([] if self.durable else ["--no-sync"]),
                 ],
                 what="initdb",
             )  # fmt: skip

@@ -6,33 +6,51 @@ Endpoints:
 * ``POST /dogs/{id}/tricks`` ``{"trick": ...}`` -> ``{"position": ...}``
   (404 for an unknown dog)
 * ``GET /dogs/{id}`` -> ``{"name": ..., "tricks": [...]}`` (404 for an unknown
-  dog). Read from the event store, so it is always up to date: no ``after``.
-* ``GET /counters?after=<position>`` -> ``{"dogs": n, "tricks": m}``. With
-  ``after``, first waits until the counters view has processed that position
-  (read-your-writes); 504 if it has not within ``WAIT_TIMEOUT`` seconds, 503
-  if the projection has stopped.
+  dog). Read from the event store, so it is always up to date: no token.
+* ``GET /counters`` -> ``{"dogs": n, "tricks": m}``, read from the counters
+  view.
 
-The :class:`~asyncsourcing.projection.ProjectionRunner` (the dog school, the
-:class:`~examples.dogschool.projections.DogCountersProjection` and the view
-class of the chosen backend) is started by the app's lifespan and closed at
-shutdown; while the app serves, it is ``app.state.runner`` and its dog school
-``app.state.application``.
+Commands also set the position of their event in the ``X-Position``
+response header. ``GET /counters`` given a position (the same header, or
+``?after=<position>``) first waits until the view has processed it
+(read-your-writes): 504 if it has not within ``WAIT_TIMEOUT`` seconds, 503 if
+the projection has stopped, 422 for a token that is not a position. These
+are :class:`~asyncsourcing.fastapi.PositionTokens`.
+
+By default the app's lifespan runs the
+:class:`~asyncsourcing.projection.ProjectionRunner` of the
+:class:`~examples.dogschool.projections.DogCountersProjection`
+(:func:`~asyncsourcing.asgi.projection_lifespan`). With ``RUN_PROJECTION=no``
+it only opens the view (:func:`~asyncsourcing.asgi.view_lifespan`), and the
+projection runs in a process of its own::
+
+    asyncsourcing run --app examples.dogschool.application:DogSchool \\
+        --projection examples.dogschool.projections:DogCountersProjection \\
+        --view examples.dogschool.sqlite:SQLiteCounters
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: FastAPI evaluates the endpoints'
+# annotations, which name variables local to create_app().
 
 import os
 from collections.abc import Mapping
-from typing import Annotated, Any, TypeAlias
+from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
+from eventsourcing.utils import strtobool
+from fastapi import Depends, FastAPI, HTTPException, Response, status
 from pydantic import BaseModel, Field
 
 from asyncsourcing.application import AggregateNotFoundError
-from asyncsourcing.asgi import projection_lifespan
-from asyncsourcing.persistence import TrackingRecorder
-from asyncsourcing.projection import BaseProjectionRunner, ProjectionRunner
+from asyncsourcing.asgi import Lifespan
+from asyncsourcing.fastapi import (
+    PositionTokens,
+    ViewState,
+    lifespan_state,
+    projection_lifespan,
+    view_lifespan,
+)
+from asyncsourcing.projection import ProjectionRunner
 from asyncsourcing.utils import Environment, resolve_topic
 from examples.dogschool.__main__ import DEFAULTS, VIEW_CLASSES
 from examples.dogschool.application import DogSchool
@@ -41,9 +59,9 @@ from examples.dogschool.views import CountersView
 
 __all__ = [
     "DEFAULT_WAIT_TIMEOUT",
+    "RUN_PROJECTION",
     "WAIT_TIMEOUT",
     "create_app",
-    "wait_for_position",
 ]
 
 WAIT_TIMEOUT = "WAIT_TIMEOUT"
@@ -51,48 +69,11 @@ WAIT_TIMEOUT = "WAIT_TIMEOUT"
 
 DEFAULT_WAIT_TIMEOUT = 5.0
 
-DogSchoolRunner: TypeAlias = ProjectionRunner[DogSchool, CountersView]
+RUN_PROJECTION = "RUN_PROJECTION"
+"""Environment variable: "no" when the projection runs in another process."""
 
-
-# The HTTP face of view.wait().
-
-
-async def wait_for_position(
-    runner: BaseProjectionRunner[Any],
-    view: TrackingRecorder,
-    position: int | None,
-    timeout: float,
-) -> None:
-    """Return once ``view`` has processed ``position`` of the runner's application.
-
-    Returns at once when ``position`` is None. Raises :class:`HTTPException`
-    503 if it times out after ``timeout`` seconds because the projection has
-    stopped (the error is in the server's log), and 504 if it times out while
-    the projection runs (the position is not processed yet, or does not exist).
-    """
-    if position is None:
-        return
-    try:
-        await view.wait(runner.app_name, position, timeout=timeout)
-    except TimeoutError:
-        if not runner.is_running:
-            raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE,
-                detail=(
-                    f"The projection of {runner.app_name} has stopped; "
-                    f"the view cannot reach position {position}"
-                ),
-            ) from None
-        raise HTTPException(
-            status.HTTP_504_GATEWAY_TIMEOUT,
-            detail=(
-                f"The view has not processed position {position} of "
-                f"{runner.app_name} within {timeout:g} s; try again later"
-            ),
-        ) from None
-
-
-# The dog school's app.
+State = Annotated[ViewState[DogSchool, CountersView], Depends(lifespan_state)]
+"""The lifespan state of either lifespan, typed: a dependency."""
 
 
 class RegisterDog(BaseModel):
@@ -122,25 +103,6 @@ class Counters(BaseModel):
     tricks: int
 
 
-def get_runner(request: Request) -> DogSchoolRunner:
-    """The running projection runner (dependency)."""
-    runner: DogSchoolRunner | None = getattr(request.app.state, "runner", None)
-    if runner is None:
-        msg = "The app is not running: its lifespan has not started, or has ended"
-        raise RuntimeError(msg)
-    return runner
-
-
-def get_wait_timeout(request: Request) -> float:
-    """The app's wait timeout in seconds (dependency)."""
-    timeout: float = request.app.state.wait_timeout
-    return timeout
-
-
-Runner = Annotated[DogSchoolRunner, Depends(get_runner)]
-WaitTimeout = Annotated[float, Depends(get_wait_timeout)]
-
-
 def configure(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The dog school's defaults, overridden by ``os.environ``, then by ``env``."""
     return {**DEFAULTS, **os.environ, **(env or {})}
@@ -152,8 +114,7 @@ def view_class_for(env: Mapping[str, str]) -> type[CountersView]:
     Honours ``DOGCOUNTERS_PERSISTENCE_MODULE`` over ``PERSISTENCE_MODULE``,
     as the projection's infrastructure factory does.
     """
-    projection_env = Environment(DogCountersProjection.name, dict(env))
-    module = projection_env.get("PERSISTENCE_MODULE", "asyncsourcing.popo")
+    module = projection_module(env)
     try:
         topic = VIEW_CLASSES[module]
     except KeyError:
@@ -161,6 +122,12 @@ def view_class_for(env: Mapping[str, str]) -> type[CountersView]:
         raise ValueError(msg) from None
     view_class: type[CountersView] = resolve_topic(topic)
     return view_class
+
+
+def projection_module(env: Mapping[str, str]) -> str:
+    """The persistence module of the projection's view."""
+    projection_env = Environment(DogCountersProjection.name, dict(env))
+    return projection_env.get("PERSISTENCE_MODULE", "asyncsourcing.popo")
 
 
 def parse_wait_timeout(env: Mapping[str, str]) -> float:
@@ -178,71 +145,92 @@ def parse_wait_timeout(env: Mapping[str, str]) -> float:
     return timeout
 
 
+def lifespan_for(env: dict[str, str]) -> Lifespan[ViewState[DogSchool, Any]]:
+    """The runner's lifespan, or the view's with ``RUN_PROJECTION=no``."""
+    view_class = view_class_for(env)
+    try:
+        runs_projection = strtobool(env.get(RUN_PROJECTION) or "yes")
+    except ValueError:
+        msg = f"{RUN_PROJECTION} must be yes or no, not {env[RUN_PROJECTION]!r}"
+        raise ValueError(msg) from None
+    if runs_projection:
+        return projection_lifespan(
+            lambda: ProjectionRunner(
+                application_class=DogSchool,
+                projection_class=DogCountersProjection,
+                view_class=view_class,
+                env=env,
+            )
+        )
+    if projection_module(env) == "asyncsourcing.popo":
+        msg = (
+            f"{RUN_PROJECTION}=no needs a view that another process can update: "
+            "SQLite or PostgreSQL, not the in-memory backend"
+        )
+        raise ValueError(msg)
+    return view_lifespan(
+        application_class=DogSchool,
+        projection_class=DogCountersProjection,
+        view_class=view_class,
+        env=env,
+    )
+
+
 def create_app(env: dict[str, str] | None = None) -> FastAPI:
     """The dog school service, configured by ``os.environ`` updated with ``env``.
 
     Backend settings are those of the dog school example (default: SQLite file
     ``dogschool.sqlite``; ``PERSISTENCE_MODULE`` picks the backend and its
     counters view class); ``WAIT_TIMEOUT`` (seconds, default 5) bounds the
-    wait of ``GET /counters?after=``. Raises :class:`ValueError` for an
-    unknown backend or a bad timeout. Does no IO: the runner is constructed
-    and started by the app's lifespan, so the app can be started again after
-    a shutdown.
+    wait for a position; ``RUN_PROJECTION=no`` leaves the projection to
+    another process. Raises :class:`ValueError` for an unknown backend, a
+    bad timeout, or ``RUN_PROJECTION=no`` in memory. Does no IO: the
+    lifespan opens what the app uses, anew at each start.
     """
     config = configure(env)
-    view_class = view_class_for(config)
-    wait_timeout = parse_wait_timeout(config)
-
-    def make_runner() -> DogSchoolRunner:
-        return ProjectionRunner(
-            application_class=DogSchool,
-            projection_class=DogCountersProjection,
-            view_class=view_class,
-            env=config,
-        )
-
-    app = FastAPI(title="Dog school", lifespan=projection_lifespan(make_runner))
-    app.state.wait_timeout = wait_timeout
+    lifespan = lifespan_for(config)
+    tokens = PositionTokens(timeout=parse_wait_timeout(config))
+    app = FastAPI(title="Dog school", lifespan=lifespan)
 
     @app.post("/dogs", status_code=status.HTTP_201_CREATED, response_model=Registered)
-    async def register_dog(body: RegisterDog, runner: Runner) -> Registered:
+    async def register_dog(
+        body: RegisterDog, state: State, response: Response
+    ) -> Registered:
         """Register a dog; returns its id and the position of its event."""
-        dog_id, position = await runner.app.register_dog(body.name)
+        dog_id, position = await state["application"].register_dog(body.name)
+        tokens.set(response, position)
         return Registered(id=dog_id, position=position)
 
     @app.post("/dogs/{dog_id}/tricks", response_model=Recorded)
-    async def add_trick(dog_id: UUID, body: AddTrick, runner: Runner) -> Recorded:
+    async def add_trick(
+        dog_id: UUID, body: AddTrick, state: State, response: Response
+    ) -> Recorded:
         """Teach a dog a trick; returns the position of the event."""
         try:
-            position = await runner.app.add_trick(dog_id, body.trick)
+            position = await state["application"].add_trick(dog_id, body.trick)
         except AggregateNotFoundError:
             raise dog_not_found(dog_id) from None
+        tokens.set(response, position)
         return Recorded(position=position)
 
     @app.get("/dogs/{dog_id}", response_model=DogDetails)
-    async def get_dog(dog_id: UUID, runner: Runner) -> DogDetails:
+    async def get_dog(dog_id: UUID, state: State) -> DogDetails:
         """A dog's name and tricks, from its events (always up to date)."""
         try:
-            dog = await runner.app.get_dog(dog_id)
+            dog = await state["application"].get_dog(dog_id)
         except AggregateNotFoundError:
             raise dog_not_found(dog_id) from None
         return DogDetails(name=dog["name"], tricks=list(dog["tricks"]))
 
-    @app.get("/counters", response_model=Counters)
-    async def get_counters(
-        runner: Runner,
-        wait_timeout: WaitTimeout,
-        after: Annotated[
-            int | None,
-            Query(ge=0, description="Wait until the view has processed this position"),
-        ] = None,
-    ) -> Counters:
+    @app.get(
+        "/counters", response_model=Counters, dependencies=[Depends(tokens.wait)]
+    )
+    async def get_counters(state: State) -> Counters:
         """The numbers of dogs and tricks counted by the view.
 
-        With ``after``, first waits until the view has processed that position.
+        Given a position, first waits until the view has processed it.
         """
-        view = runner.projection.view
-        await wait_for_position(runner, view, after, wait_timeout)
+        view = state["view"]
         return Counters(
             dogs=await view.get_count(DOGS), tricks=await view.get_count(TRICKS)
         )
