@@ -17,7 +17,10 @@ Fast path (PostgreSQL): the leader also holds a session advisory lock on a
 connection of its own, and records that connection's process id in the
 lease. Standbys block on the same lock: when the leader's session ends (a
 crash, a stop), one of them gets the lock at once, and takes the lease over
-without waiting for it to expire, since its owner's session is gone.
+without waiting for it to expire, since its owner's session is gone. The
+holder of the lock also takes over a lease that no lock backs (its owner
+won the race for the first row without the lock, or took an expired lease
+from a paused leader), so that the fast path covers the next crash too.
 Poolers that do not keep sessions (PgBouncer in transaction mode, RDS Proxy)
 break this: turn it off (``LEASE_FAST_TAKEOVER=false``), and takeover then
 waits for the lease to expire (at most its time to live).
@@ -29,6 +32,11 @@ if it has exited. A process id reused meanwhile only delays the takeover
 until expiry; a standby mistaken about another host (containers given one
 hostname) takes over early, and fencing still keeps the former leader from
 committing.
+
+Presence: besides the lease, each runner records its role in
+``asyncsourcing_runners`` every renewal, with an expiry, and deletes its row
+when it stops, so that ``asyncsourcing status`` can name the standbys too.
+Nothing reads presence to decide anything.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ __all__ = [
     "Lease",
     "LeaseSettings",
     "Leases",
+    "Presence",
     "SessionLock",
     "has_exited_here",
     "new_owner_id",
@@ -86,8 +95,10 @@ class FencedError(PersistenceError):
         """Raise one unless the ``(owner, epoch)`` recorded are ``lease``'s."""
         if recorded is not None and recorded == (lease.owner, lease.epoch):
             return
-        current = "nobody" if recorded is None else (
-            f"{recorded[0]!r} at epoch {recorded[1]}"
+        current = (
+            "nobody"
+            if recorded is None
+            else (f"{recorded[0]!r} at epoch {recorded[1]}")
         )
         msg = (
             f"Runner {lease.owner!r} lost the lease of projection "
@@ -109,6 +120,17 @@ class Lease:
     acquired_at: datetime
     holder_pid: int | None = None
     """The server process id of the owner's session lock, if it holds one."""
+
+
+@dataclass(frozen=True)
+class Presence:
+    """A runner of a projection, as it last recorded itself."""
+
+    owner: str
+    role: str
+    """``leader`` or ``standby``, when it was recorded."""
+    seen_at: datetime
+    """When the runner last recorded itself (the database's clock)."""
 
 
 @dataclass(frozen=True)
@@ -163,10 +185,11 @@ class Leases(ABC):
     """The lease rows of the projections of one database."""
 
     table_name = "asyncsourcing_leases"
+    presence_table_name = "asyncsourcing_runners"
 
     @abstractmethod
     async def create_table(self) -> None:
-        """Create the leases table if it does not exist."""
+        """Create the leases and presence tables if they do not exist."""
 
     @abstractmethod
     async def acquire(
@@ -186,12 +209,43 @@ class Leases(ABC):
         """Extend ``lease`` by ``ttl`` seconds; None if it was lost."""
 
     @abstractmethod
-    async def release(self, lease: Lease) -> None:
-        """Let ``lease`` expire now, if it is still held (a clean stop)."""
+    async def release(
+        self, application_name: str, projection_name: str, owner: str
+    ) -> None:
+        """Let the lease expire now if ``owner`` holds it (a clean stop).
+
+        By owner, not by :class:`Lease`: an acquire cancelled on its way back
+        may have taken the lease without its caller knowing.
+        """
 
     @abstractmethod
     async def read(self, application_name: str, projection_name: str) -> Lease | None:
         """The lease of a projection, as recorded, or None."""
+
+    @abstractmethod
+    async def announce(
+        self,
+        application_name: str,
+        projection_name: str,
+        owner: str,
+        role: str,
+        ttl: float,
+    ) -> None:
+        """Record that ``owner`` runs the projection as ``role``, for ``ttl``
+        seconds; forget the runners whose records have expired."""
+
+    @abstractmethod
+    async def withdraw(
+        self, application_name: str, projection_name: str, owner: str
+    ) -> None:
+        """Forget ``owner``'s record (a clean stop)."""
+
+    @abstractmethod
+    async def present(
+        self, application_name: str, projection_name: str
+    ) -> list[Presence]:
+        """The runners of a projection whose records have not expired, by
+        owner."""
 
     def session_lock(
         self, application_name: str, projection_name: str

@@ -358,6 +358,8 @@ def test_status(env: dict[str, str]) -> None:
     assert before.stdout == (
         "application: DogSchool (last notification 4)\n"
         "projection:  dogcounters\n"
+        "leader:      none\n"
+        "standbys:    none\n"
         "position:    0\n"
         "lag:         4 events\n"
     )
@@ -380,6 +382,9 @@ def test_status_json(env: dict[str, str]) -> None:
         "position": 0,
         "max_notification_id": 4,
         "lag": 4,
+        "leader": None,
+        "epoch": None,
+        "standbys": [],
     }
     assert list(json.loads(before.stdout)) == [
         "application",
@@ -387,6 +392,9 @@ def test_status_json(env: dict[str, str]) -> None:
         "position",
         "max_notification_id",
         "lag",
+        "leader",
+        "epoch",
+        "standbys",
     ]
     assert asyncsourcing("run", *DOGSCHOOL, "--timeout", "0.2", env=env).returncode == 0
     after = asyncsourcing("status", *DOGSCHOOL, "--json", env=env)
@@ -396,6 +404,51 @@ def test_status_json(env: dict[str, str]) -> None:
         4,
         0,
     )
+
+
+def test_two_runs_of_one_projection_one_leads_the_other_stands_by(
+    env: dict[str, str],
+) -> None:
+    write_dogs(env, dogs=2)
+    first = Running("run", *DOGSCHOOL, *FAST, env=env)
+    first.wait_for(r"^position 4 of 4")
+    second = Running("run", *DOGSCHOOL, *FAST, env=env)
+    try:
+        # The second stands by, and says so; its position is the leader's.
+        second.wait_for(r"^standby \| position 4 of 4 \| lag 0 events")
+        status = json.loads(
+            asyncsourcing("status", *DOGSCHOOL, "--json", env=env).stdout
+        )
+        leader, epoch = status["leader"], status["epoch"]
+        assert leader.split(":")[1] == str(first.process.pid)
+        assert epoch == 1
+        [standby] = status["standbys"]
+        assert standby.split(":")[1] == str(second.process.pid)
+        text = asyncsourcing("status", *DOGSCHOOL, env=env).stdout
+        assert f"leader:      {leader} (epoch 1)\nstandbys:    {standby}\n" in text
+
+        # The leader stops: the standby takes over and processes what follows.
+        first.process.send_signal(signal.SIGINT)
+        assert first.finish() == 0, first.stderr
+        second.wait_for(r"^position 4 of 4")  # No longer "standby".
+        write_dogs(env, dogs=1)
+        second.wait_for(r"^position 6 of 6")
+        status = json.loads(
+            asyncsourcing("status", *DOGSCHOOL, "--json", env=env).stdout
+        )
+        assert (status["leader"], status["epoch"], status["standbys"]) == (
+            standby,
+            2,
+            [],
+        )
+    finally:
+        for running in (first, second):
+            running.process.send_signal(signal.SIGINT)
+            running.finish()
+    # Both stopped cleanly: no leader, no standby is left on record.
+    status = json.loads(asyncsourcing("status", *DOGSCHOOL, "--json", env=env).stdout)
+    assert (status["leader"], status["standbys"]) == (None, [])
+    assert view_counts(env) == (6, 3, 3)
 
 
 def test_json_is_for_status_only(env: dict[str, str]) -> None:

@@ -466,7 +466,8 @@ async def test_event_sourced_projection_records_events_with_tracking(
             pg_schema,
         )
     assert [t[0] for t in tables] == [
-        "asyncsourcing_leases",  # Which runner of the projection leads.
+        "asyncsourcing_leases",  # Which runner of the projection leads,
+        "asyncsourcing_runners",  # and which stand by.
         "copies_events",
         "copies_tracking",
         "interop_events",

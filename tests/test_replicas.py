@@ -111,6 +111,19 @@ class Replicas:
             await asyncio.sleep(0.05)
         pytest.fail(f"no leader after epoch {after_epoch}: {self.logs()}")
 
+    async def all_running(self, timeout: float = 15) -> None:
+        """Wait until every live process has started, as leader or standby."""
+        leases = self.view.leases
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        live = {str(p.pid) for p in self.processes if p.poll() is None}
+        while loop.time() < deadline:
+            present = await leases.present(self.app.name, EventCountersProjection.name)
+            if live <= {runner.owner.split(":")[1] for runner in present}:
+                return
+            await asyncio.sleep(0.05)
+        pytest.fail(f"not all replicas are running: {self.logs()}")
+
     async def save(self, count: int) -> int:
         recordings = await self.app.save(*(Aggregate() for _ in range(count)))
         return recordings[-1].notification.id
@@ -248,7 +261,7 @@ async def test_the_database_restarted_the_replicas_carry_on_exactly_once(
             "tests.test_replicas:RetryingCounters"
         )
         async with replicas(env, "public", tmp_path, 2, command=command) as group:
-            await group.leader()
+            await group.all_running()  # Not starting: a failed start exits.
             last = await group.save(20)
             await group.assert_counted_once(20, last)
 
@@ -256,7 +269,7 @@ async def test_the_database_restarted_the_replicas_carry_on_exactly_once(
 
             last = await eventually_saved(group, 20)
             await group.assert_counted_once(40, last)
-            assert all(process.poll() is None for process in group.processes)
+            assert all(p.poll() is None for p in group.processes), group.logs()
 
 
 async def eventually_saved(group: Replicas, count: int, timeout: float = 20) -> int:

@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from asyncsourcing.cli.config import RunnerParts
@@ -24,8 +25,8 @@ from asyncsourcing.cli.progress import (
     format_progress,
     take_sample,
 )
-from asyncsourcing.persistence import TrackingRecorder
-from asyncsourcing.projection import BaseProjectionRunner
+from asyncsourcing.persistence import PersistenceError, TrackingRecorder
+from asyncsourcing.projection import BaseProjectionRunner, Role
 
 __all__ = ["Status", "describe", "read_status", "run_command", "status_command"]
 
@@ -56,7 +57,11 @@ async def report_progress(
             logger.warning("Cannot read the progress: %s", error)
         else:
             meter.add(sample)
-            progress.show(format_progress(sample, meter))
+            line = format_progress(sample, meter)
+            if runner.role is Role.STANDBY:
+                # Another process leads: the position is the leader's.
+                line = f"standby | {line}"
+            progress.show(line)
         await asyncio.sleep(interval)
 
 
@@ -113,6 +118,7 @@ async def run_command(
         return EXIT_INTERRUPTED
     except Exception as error:
         progress.finish()
+        logger.debug("asyncsourcing run failed", exc_info=error)
         print(f"asyncsourcing run: error: {describe(error)}", file=sys.stderr)
         return EXIT_ERROR
     finally:
@@ -141,6 +147,13 @@ class Status:
     lag: int
     """Notifications after ``position`` up to ``max_notification_id``; 0 when
     none of them has one of the projection's topics."""
+    leader: str | None = None
+    """The runner that holds the projection's lease, or None when none does
+    (none has run, the last one stopped, or its lease expired)."""
+    epoch: int | None = None
+    """The leader's epoch: how many times the lease has changed owner."""
+    standbys: list[str] = dataclasses.field(default_factory=list)
+    """The runners that stand by, ready to take over, by owner."""
 
     def as_dict(self) -> dict[str, Any]:
         """The fields by name: the JSON object of ``status --json``."""
@@ -148,12 +161,17 @@ class Status:
 
     def rows(self) -> list[tuple[str, str]]:
         """The labels and values of the text output, in order."""
+        leader = "none"
+        if self.leader is not None:
+            leader = f"{self.leader} (epoch {self.epoch})"
         return [
             (
                 "application",
                 f"{self.application} (last notification {self.max_notification_id:,})",
             ),
             ("projection", self.projection),
+            ("leader", leader),
+            ("standbys", ", ".join(self.standbys) or "none"),
             ("position", f"{self.position:,}"),
             ("lag", count(self.lag, "event")),
         ]
@@ -169,13 +187,27 @@ async def read_status(parts: RunnerParts) -> Status:
     """The status of the projection of ``parts``, processing nothing."""
     runner = parts.runner
     sample = await take_sample(runner.app, parts.recorder, parts.topics)
-    return Status(
+    status = Status(
         application=runner.app_name,
         projection=parts.projection_name,
         position=sample.position,
         max_notification_id=sample.head,
         lag=sample.lag,
     )
+    leases = parts.recorder.leases
+    if leases is None:
+        return status  # In memory: no runner of another process to name.
+    try:
+        lease = await leases.read(runner.app_name, parts.projection_name)
+        present = await leases.present(runner.app_name, parts.projection_name)
+    except PersistenceError as error:
+        # No runner with leadership has run here: the tables do not exist.
+        logger.debug("Cannot read the projection's lease: %s", error)
+        return status
+    if lease is not None and lease.expires_at > datetime.now(UTC):
+        status = dataclasses.replace(status, leader=lease.owner, epoch=lease.epoch)
+    standbys = [p.owner for p in present if p.owner != status.leader]
+    return dataclasses.replace(status, standbys=standbys)
 
 
 async def status_command(parts: RunnerParts, *, as_json: bool = False) -> int:
@@ -187,6 +219,7 @@ async def status_command(parts: RunnerParts, *, as_json: bool = False) -> int:
     try:
         status = await read_status(parts)
     except Exception as error:
+        logger.debug("asyncsourcing status failed", exc_info=error)
         print(f"asyncsourcing status: error: {describe(error)}", file=sys.stderr)
         return EXIT_ERROR
     finally:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from asyncsourcing.leases import FencedError, Lease, Leases, SessionLock
+from asyncsourcing.leases import FencedError, Lease, Leases, Presence, SessionLock
 from asyncsourcing.postgres.errors import translate_errors
 from asyncsourcing.postgres.identifiers import qualified
 
@@ -43,8 +43,10 @@ class PostgresLeases(Leases):
             "acquired_at timestamptz NOT NULL, holder_pid integer, "
             "PRIMARY KEY (application_name, projection_name))"
         )
-        # Free, expired, or held by a session lock whose session is gone
-        # ($6: the caller holds that lock now, so the owner cannot).
+        # Free, expired, or ($6: the caller holds the session lock) backed by
+        # no session lock: the owner's session is gone, or it never had the
+        # lock (it won the race for the first row, or took an expired lease
+        # from a paused leader), so that the fast path covers the next crash.
         self.acquire_statement = (
             f"INSERT INTO {table} AS lease ({_COLUMNS}) VALUES ($1, $2, $3, 1, "
             "clock_timestamp() + make_interval(secs => $4), clock_timestamp(), $5) "
@@ -52,9 +54,9 @@ class PostgresLeases(Leases):
             "owner = excluded.owner, epoch = lease.epoch + 1, "
             "expires_at = excluded.expires_at, acquired_at = excluded.acquired_at, "
             "holder_pid = excluded.holder_pid "
-            "WHERE lease.expires_at <= clock_timestamp() OR ($6 AND "
-            "lease.holder_pid IS NOT NULL AND NOT EXISTS ("
-            "SELECT FROM pg_stat_activity WHERE pid = lease.holder_pid)) "
+            "WHERE lease.expires_at <= clock_timestamp() OR ($6 AND ("
+            "lease.holder_pid IS NULL OR NOT EXISTS ("
+            "SELECT FROM pg_stat_activity WHERE pid = lease.holder_pid))) "
             f"RETURNING {_COLUMNS}"
         )
         # An expired lease whose epoch has not moved is still the owner's:
@@ -66,9 +68,8 @@ class PostgresLeases(Leases):
             f"AND owner = $3 AND epoch = $4 RETURNING {_COLUMNS}"
         )
         self.release_statement = (
-            f"UPDATE {table} SET expires_at = '-infinity', holder_pid = NULL "
-            "WHERE application_name = $1 AND projection_name = $2 "
-            "AND owner = $3 AND epoch = $4"
+            f"UPDATE {table} SET expires_at = to_timestamp(0), holder_pid = NULL "
+            "WHERE application_name = $1 AND projection_name = $2 AND owner = $3"
         )
         self.read_statement = (
             f"SELECT {_COLUMNS} FROM {table} "
@@ -78,11 +79,40 @@ class PostgresLeases(Leases):
             f"SELECT owner, epoch FROM {table} "
             "WHERE application_name = $1 AND projection_name = $2 FOR SHARE"
         )
+        runners = qualified(datastore.schema, self.presence_table_name)
+        self.create_presence_table_statement = (
+            f"CREATE TABLE IF NOT EXISTS {runners} ("
+            "application_name text, projection_name text, owner text, "
+            "role text NOT NULL, seen_at timestamptz NOT NULL, "
+            "expires_at timestamptz NOT NULL, "
+            "PRIMARY KEY (application_name, projection_name, owner))"
+        )
+        self.announce_statements = (
+            f"DELETE FROM {runners} WHERE application_name = $1 "
+            "AND projection_name = $2 AND expires_at <= clock_timestamp()",
+            f"INSERT INTO {runners} AS runner VALUES ($1, $2, $3, $4, "
+            "clock_timestamp(), clock_timestamp() + make_interval(secs => $5)) "
+            "ON CONFLICT (application_name, projection_name, owner) DO UPDATE "
+            "SET role = excluded.role, seen_at = excluded.seen_at, "
+            "expires_at = excluded.expires_at",
+        )
+        self.withdraw_statement = (
+            f"DELETE FROM {runners} WHERE application_name = $1 "
+            "AND projection_name = $2 AND owner = $3"
+        )
+        self.present_statement = (
+            f"SELECT owner, role, seen_at FROM {runners} "
+            "WHERE application_name = $1 AND projection_name = $2 "
+            "AND expires_at > clock_timestamp() ORDER BY owner"
+        )
 
     async def create_table(self) -> None:
-        async with self.datastore.transaction(commit=True) as conn:
+        # Serialised with other processes' table creation: concurrent
+        # CREATE TABLE IF NOT EXISTS can fail on pg_type's unique index.
+        async with self.datastore.creating_tables() as conn:
             with translate_errors():
                 await conn.execute(self.create_table_statement)
+                await conn.execute(self.create_presence_table_statement)
 
     async def acquire(
         self,
@@ -114,15 +144,13 @@ class PostgresLeases(Leases):
             lease.holder_pid,
         )
 
-    async def release(self, lease: Lease) -> None:
+    async def release(
+        self, application_name: str, projection_name: str, owner: str
+    ) -> None:
         async with self.datastore.transaction(commit=True) as conn:
             with translate_errors():
                 await conn.execute(
-                    self.release_statement,
-                    lease.application_name,
-                    lease.projection_name,
-                    lease.owner,
-                    lease.epoch,
+                    self.release_statement, application_name, projection_name, owner
                 )
 
     async def read(self, application_name: str, projection_name: str) -> Lease | None:
@@ -132,6 +160,41 @@ class PostgresLeases(Leases):
                     self.read_statement, application_name, projection_name
                 )
         return None if row is None else Lease(*row)
+
+    async def announce(
+        self,
+        application_name: str,
+        projection_name: str,
+        owner: str,
+        role: str,
+        ttl: float,
+    ) -> None:
+        forget, record = self.announce_statements
+        async with self.datastore.transaction(commit=True) as conn:
+            with translate_errors():
+                await conn.execute(forget, application_name, projection_name)
+                await conn.execute(
+                    record, application_name, projection_name, owner, role, ttl
+                )
+
+    async def withdraw(
+        self, application_name: str, projection_name: str, owner: str
+    ) -> None:
+        async with self.datastore.transaction(commit=True) as conn:
+            with translate_errors():
+                await conn.execute(
+                    self.withdraw_statement, application_name, projection_name, owner
+                )
+
+    async def present(
+        self, application_name: str, projection_name: str
+    ) -> list[Presence]:
+        async with self.datastore.transaction() as conn:
+            with translate_errors():
+                rows = await conn.fetch(
+                    self.present_statement, application_name, projection_name
+                )
+        return [Presence(*row) for row in rows]
 
     async def check_fence(self, conn: PostgresConnection, lease: Lease) -> None:
         """Raise :class:`FencedError` unless ``lease`` still holds, in the
@@ -160,7 +223,8 @@ class PostgresSessionLock(SessionLock):
 
     def __init__(self, datastore: PostgresDatastore, key: str) -> None:
         self._datastore = datastore
-        self._key = key
+        self.key = key
+        """Hashed into the advisory lock's 64-bit key (``hashtextextended``)."""
         self._conn: asyncpg.Connection[Any] | None = None
 
     @property
@@ -171,7 +235,7 @@ class PostgresSessionLock(SessionLock):
         conn = await self._connection()
         with translate_errors():
             held: bool = await conn.fetchval(
-                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", self._key
+                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", self.key
             )
         return held
 
@@ -181,7 +245,7 @@ class PostgresSessionLock(SessionLock):
             try:
                 with translate_errors():
                     await conn.execute(
-                        "SELECT pg_advisory_lock(hashtextextended($1, 0))", self._key
+                        "SELECT pg_advisory_lock(hashtextextended($1, 0))", self.key
                     )
                 return
             except BaseException as error:

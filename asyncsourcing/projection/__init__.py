@@ -13,11 +13,14 @@ each event, in a task of its own. Usage::
         view = runner.projection.view
         await view.wait(runner.app.name, recordings[-1].notification.id)
 
-or, in a script, ``asyncio.run(runner.run_forever())``.
+or, in a script, ``asyncio.run(runner.run_forever())``. Runners of one
+projection in several processes share it: one leads (processes), the others
+stand by (:class:`Role`; see :mod:`asyncsourcing.leases`).
 """
 
 from asyncsourcing.persistence import ParkedEvent
 from asyncsourcing.policies import Backoff, ErrorPolicy, OnError
+from asyncsourcing.projection.leadership import Role
 from asyncsourcing.projection.projections import EventSourcedProjection, Projection
 from asyncsourcing.projection.runners import (
     BaseProjectionRunner,
@@ -38,5 +41,6 @@ __all__ = [
     "ParkedEvent",
     "Projection",
     "ProjectionRunner",
+    "Role",
     "RunnerStatistics",
 ]

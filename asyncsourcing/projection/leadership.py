@@ -60,6 +60,7 @@ class Leadership:
         self.lease: Lease | None = None
         self.role = Role.LEADER if self._leases is None else Role.STANDBY
         self.since = datetime.now(UTC)
+        self._role_changed = asyncio.Event()
 
     @property
     def coordinates(self) -> bool:
@@ -164,6 +165,29 @@ class Leadership:
                 return
             self.lease, renewed_at = lease, started
 
+    async def announce(self) -> None:
+        """Record this runner's role every renewal and at each change, until
+        cancelled (see "Presence" in :mod:`asyncsourcing.leases`)."""
+        if self._leases is None:
+            return
+        while True:
+            self._role_changed.clear()
+            try:
+                await self._leases.announce(
+                    self._application_name,
+                    self._projection_name,
+                    self.owner,
+                    self.role,
+                    self.settings.ttl,
+                )
+            except PersistenceError as error:
+                # Presence is only reported: the lease's own errors matter.
+                logger.debug("Cannot record runner %s: %s", self.owner, error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._role_changed.wait(), self.settings.renew_interval
+                )
+
     def lost(self, reason: str) -> None:
         """A view transaction found the lease taken over: stand by."""
         if self.role is Role.LEADER and self._leases is not None:
@@ -171,11 +195,17 @@ class Leadership:
 
     async def release(self) -> None:
         """Give the lease back (a clean stop), and end the lock's session."""
-        lease, self.lease = self.lease, None
+        self.lease = None
         try:
-            if lease is not None and self._leases is not None:
+            if self._leases is not None:
+                # Even when not leading: a cancelled acquire may have taken it.
                 with contextlib.suppress(PersistenceError):
-                    await self._leases.release(lease)
+                    await self._leases.release(
+                        self._application_name, self._projection_name, self.owner
+                    )
+                    await self._leases.withdraw(
+                        self._application_name, self._projection_name, self.owner
+                    )
         finally:
             self._holds_lock = False
             if self._lock is not None:
@@ -185,6 +215,7 @@ class Leadership:
         self.lease = lease
         if role is not self.role:
             self.role, self.since = role, datetime.now(UTC)
+            self._role_changed.set()
             logger.info(
                 "Runner %s is now %s of projection %r of application %r%s",
                 self.owner,

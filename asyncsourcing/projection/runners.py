@@ -111,6 +111,7 @@ class BaseProjectionRunner(Generic[TApplication]):
         self._has_called_stop = False
         self._subscription: ApplicationSubscription[Any] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._announcing: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
         self._is_started = False
         self._is_closed = False
@@ -193,6 +194,9 @@ class BaseProjectionRunner(Generic[TApplication]):
         self._task = asyncio.create_task(
             self._run(), name=f"projection {self.app_name}"
         )
+        self._announcing = asyncio.create_task(
+            self._leadership.announce(), name=f"presence {self.app_name}"
+        )
 
     async def _prepare(self) -> None:
         """Make the view ready (create its tables) before reading its position."""
@@ -221,6 +225,8 @@ class BaseProjectionRunner(Generic[TApplication]):
             self._error = error
         finally:
             self._stopping.set()
+            if self._announcing is not None:
+                self._announcing.cancel()  # Stopped: neither leader nor standby.
 
     async def _stand_by(self) -> bool:
         """Wait to lead, then subscribe; False if stopped meanwhile."""
@@ -728,6 +734,10 @@ class BaseProjectionRunner(Generic[TApplication]):
                         await self._task
                     raise
         finally:
+            if self._announcing is not None:
+                self._announcing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._announcing
             try:
                 await self._leadership.release()
             finally:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from asyncsourcing.leases import FencedError, Lease, Leases, has_exited_here
+from asyncsourcing.leases import FencedError, Lease, Leases, Presence, has_exited_here
 
 if TYPE_CHECKING:
     import aiosqlite
@@ -63,8 +63,7 @@ class SQLiteLeases(Leases):
         )
         self.release_statement = (
             f"UPDATE {table} SET expires_at = 0, holder_pid = NULL "
-            "WHERE application_name = ? AND projection_name = ? "
-            "AND owner = ? AND epoch = ?"
+            "WHERE application_name = ? AND projection_name = ? AND owner = ?"
         )
         self.read_statement = (
             f"SELECT {_COLUMNS} FROM {table} "
@@ -74,10 +73,35 @@ class SQLiteLeases(Leases):
             f"SELECT owner, epoch FROM {table} "
             "WHERE application_name = ? AND projection_name = ?"
         )
+        runners = f'"{self.presence_table_name}"'
+        self.create_presence_table_statement = (
+            f"CREATE TABLE IF NOT EXISTS {runners} ("
+            "application_name TEXT, projection_name TEXT, owner TEXT, "
+            "role TEXT NOT NULL, seen_at REAL NOT NULL, expires_at REAL NOT NULL, "
+            "PRIMARY KEY (application_name, projection_name, owner)) WITHOUT ROWID"
+        )
+        self.announce_statements = (
+            f"DELETE FROM {runners} WHERE application_name = ? "
+            f"AND projection_name = ? AND expires_at <= {_NOW}",
+            f"INSERT INTO {runners} VALUES (?, ?, ?, ?, {_NOW}, {_NOW} + ?) "
+            "ON CONFLICT (application_name, projection_name, owner) DO UPDATE "
+            "SET role = excluded.role, seen_at = excluded.seen_at, "
+            "expires_at = excluded.expires_at",
+        )
+        self.withdraw_statement = (
+            f"DELETE FROM {runners} WHERE application_name = ? "
+            "AND projection_name = ? AND owner = ?"
+        )
+        self.present_statement = (
+            f"SELECT owner, role, seen_at FROM {runners} "
+            "WHERE application_name = ? AND projection_name = ? "
+            f"AND expires_at > {_NOW} ORDER BY owner"
+        )
 
     async def create_table(self) -> None:
         async with self.datastore.transaction(commit=True) as conn:
             await conn.execute(self.create_table_statement)
+            await conn.execute(self.create_presence_table_statement)
 
     async def acquire(
         self,
@@ -118,16 +142,12 @@ class SQLiteLeases(Leases):
             ),
         )
 
-    async def release(self, lease: Lease) -> None:
+    async def release(
+        self, application_name: str, projection_name: str, owner: str
+    ) -> None:
         async with self.datastore.transaction(commit=True) as conn:
             await conn.execute(
-                self.release_statement,
-                (
-                    lease.application_name,
-                    lease.projection_name,
-                    lease.owner,
-                    lease.epoch,
-                ),
+                self.release_statement, (application_name, projection_name, owner)
             )
 
     async def read(self, application_name: str, projection_name: str) -> Lease | None:
@@ -138,6 +158,41 @@ class SQLiteLeases(Leases):
                 )
             )
         return _lease(rows[0]) if rows else None
+
+    async def announce(
+        self,
+        application_name: str,
+        projection_name: str,
+        owner: str,
+        role: str,
+        ttl: float,
+    ) -> None:
+        forget, record = self.announce_statements
+        async with self.datastore.transaction(commit=True) as conn:
+            await conn.execute(forget, (application_name, projection_name))
+            await conn.execute(
+                record, (application_name, projection_name, owner, role, ttl)
+            )
+
+    async def withdraw(
+        self, application_name: str, projection_name: str, owner: str
+    ) -> None:
+        async with self.datastore.transaction(commit=True) as conn:
+            await conn.execute(
+                self.withdraw_statement, (application_name, projection_name, owner)
+            )
+
+    async def present(
+        self, application_name: str, projection_name: str
+    ) -> list[Presence]:
+        async with self.datastore.transaction() as conn:
+            rows = await conn.execute_fetchall(
+                self.present_statement, (application_name, projection_name)
+            )
+        return [
+            Presence(owner, role, datetime.fromtimestamp(seen_at, UTC))
+            for owner, role, seen_at in rows
+        ]
 
     async def check_fence(self, conn: aiosqlite.Connection, lease: Lease) -> None:
         """Raise :class:`FencedError` unless ``lease`` still holds, in the
