@@ -9,6 +9,10 @@ Endpoints:
   dog). Read from the event store, so it is always up to date: no token.
 * ``GET /counters`` -> ``{"dogs": n, "tricks": m}``, read from the counters
   view.
+* ``GET /status`` -> ``{"pid": ..., "role": ..., "owner": ..., "position": ...}``:
+  the process that answered, and the part its projection runner plays
+  (``"leader"`` or ``"standby"``; None with ``RUN_PROJECTION=no``), for
+  health checks of a service that runs several workers.
 
 Commands also set the position of their event in the ``X-Position``
 response header. ``GET /counters`` given a position (the same header, or
@@ -34,7 +38,7 @@ projection runs in a process of its own::
 
 import os
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 from uuid import UUID
 
 from eventsourcing.utils import strtobool
@@ -50,7 +54,7 @@ from asyncsourcing.fastapi import (
     projection_lifespan,
     view_lifespan,
 )
-from asyncsourcing.projection import ProjectionRunner
+from asyncsourcing.projection import BaseProjectionRunner, ProjectionRunner
 from asyncsourcing.utils import Environment, resolve_topic
 from examples.dogschool.__main__ import DEFAULTS, VIEW_CLASSES
 from examples.dogschool.application import DogSchool
@@ -101,6 +105,15 @@ class DogDetails(BaseModel):
 class Counters(BaseModel):
     dogs: int
     tricks: int
+
+
+class Status(BaseModel):
+    pid: int = Field(description="The process that answered (one of the workers)")
+    role: str | None = Field(
+        description='Its runner\'s role, "leader" or "standby"; None without one'
+    )
+    owner: str | None = Field(description="Its runner's name in leases")
+    position: int | None = Field(description="The view's position")
 
 
 def configure(env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -222,9 +235,7 @@ def create_app(env: dict[str, str] | None = None) -> FastAPI:
             raise dog_not_found(dog_id) from None
         return DogDetails(name=dog["name"], tricks=list(dog["tricks"]))
 
-    @app.get(
-        "/counters", response_model=Counters, dependencies=[Depends(tokens.wait)]
-    )
+    @app.get("/counters", response_model=Counters, dependencies=[Depends(tokens.wait)])
     async def get_counters(state: State) -> Counters:
         """The numbers of dogs and tricks counted by the view.
 
@@ -234,6 +245,25 @@ def create_app(env: dict[str, str] | None = None) -> FastAPI:
         return Counters(
             dogs=await view.get_count(DOGS), tricks=await view.get_count(TRICKS)
         )
+
+    @app.get("/status", response_model=Status)
+    async def get_status(state: State) -> Status:
+        """This process, and the role of its projection runner, if it runs one.
+
+        Under several workers, each runs a runner: one leads (processes the
+        events), the others stand by; any of them answers queries.
+        """
+        runner = cast("Mapping[str, object]", state).get("runner")
+        if isinstance(runner, BaseProjectionRunner):
+            statistics = await runner.statistics()
+            return Status(
+                pid=os.getpid(),
+                role=statistics.role,
+                owner=statistics.owner,
+                position=statistics.position,
+            )
+        position = await state["view"].max_tracking_id(state["application"].name)
+        return Status(pid=os.getpid(), role=None, owner=None, position=position)
 
     return app
 
