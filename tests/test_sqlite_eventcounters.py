@@ -228,8 +228,9 @@ async def test_projection_resumes_and_wakes_separate_instances(tmp_path: Path) -
             row[0] for row in connection.execute("SELECT name FROM sqlite_master")
         }
     connection.close()
-    assert {"tracking", "counters"} <= tables
-    assert "stored_events" not in tables
+    # The view's tables are named after the projection ("eventcounters").
+    assert {"eventcounters_tracking", "eventcounters_counters"} <= tables
+    assert not {"tracking", "counters", "stored_events"} & tables
 
 
 async def test_example_main_on_sqlite(tmp_path: Path) -> None:

@@ -22,6 +22,8 @@ from asyncsourcing.sqlite.recorders import (
     SQLiteProcessRecorder,
     SQLiteRecorder,
     SQLiteTrackingRecorder,
+    TrackingConflictError,
+    TrackingUpgradeError,
 )
 from asyncsourcing.sqlite.subscription import SQLiteSubscription
 
@@ -36,4 +38,6 @@ __all__ = [
     "SQLiteSettingsError",
     "SQLiteSubscription",
     "SQLiteTrackingRecorder",
+    "TrackingConflictError",
+    "TrackingUpgradeError",
 ]

@@ -13,12 +13,15 @@ from asyncsourcing.persistence import (
     InfrastructureFactory,
     InfrastructureFactoryError,
     ProcessRecorder,
+    ProgrammingError,
 )
 from asyncsourcing.sqlite.datastore import DEFAULT_POLL_INTERVAL, SQLiteDatastore
 from asyncsourcing.sqlite.recorders import (
+    SHARED_TRACKING_TABLE,
     SQLiteAggregateRecorder,
     SQLiteApplicationRecorder,
     SQLiteProcessRecorder,
+    SQLiteRecorder,
     SQLiteTrackingRecorder,
 )
 
@@ -48,12 +51,32 @@ class SQLiteFactory(InfrastructureFactory[SQLiteTrackingRecorder]):
     - ``ORIGINATOR_ID_TYPE``: "uuid" (default) or "text";
     - ``SINGLE_ROW_TRACKING``: must be true (the default): eventsourcing 9.5's
       single-row tracking is the only layout supported;
+    - ``SQLITE_TRACKING_TABLE``: the tracking table of the factory's views
+      (tracking recorders), instead of the default below;
     - ``CREATE_TABLE``: false when the tables are made elsewhere.
 
-    Table names are eventsourcing's: ``stored_events``, ``stored_snapshots``
-    and ``tracking``, whatever the environment's name, so that both
-    libraries read the same file. Give each application or view a database
-    of its own with prefixed settings (``MYVIEW_SQLITE_DBNAME``).
+    Tables:
+
+    - events: eventsourcing's ``stored_events`` and ``stored_snapshots``,
+      whatever the environment's name, so that both libraries read the same
+      file: give each application and each event-sourced projection a file
+      of its own (``MYPROJECTION_SQLITE_DBNAME``);
+    - a view's tracking (:meth:`construct_tracking_recorder`):
+      ``<name>_tracking``, ``<name>`` being the environment's name
+      lower-cased (a projection runner names it after the projection), as
+      on PostgreSQL, so that views of one application share a file without
+      sharing positions; eventsourcing's ``tracking`` without a name;
+    - an event-sourced projection's tracking (:meth:`construct_process_recorder`):
+      eventsourcing's ``tracking``, which its process recorders expect.
+
+    A view or process recorder of a named factory claims, per application,
+    its tracking rows for the environment's name: a second projection using
+    the same rows raises
+    :class:`~asyncsourcing.sqlite.recorders.TrackingConflictError`. A view
+    whose default ``<name>_tracking`` has no position of an application
+    while ``tracking`` has an unclaimed one (the file of an older version)
+    raises :class:`~asyncsourcing.sqlite.recorders.TrackingUpgradeError`
+    instead of processing from the start.
     """
 
     # The modules' layout is private: the factory's topic is the package's.
@@ -63,6 +86,7 @@ class SQLiteFactory(InfrastructureFactory[SQLiteTrackingRecorder]):
     SQLITE_LOCK_TIMEOUT = "SQLITE_LOCK_TIMEOUT"
     SQLITE_POLL_INTERVAL = "SQLITE_POLL_INTERVAL"
     SQLITE_SINGLE_ROW_TRACKING = "SINGLE_ROW_TRACKING"
+    SQLITE_TRACKING_TABLE = "SQLITE_TRACKING_TABLE"
     ORIGINATOR_ID_TYPE = "ORIGINATOR_ID_TYPE"
 
     aggregate_recorder_class = SQLiteAggregateRecorder
@@ -95,6 +119,15 @@ class SQLiteFactory(InfrastructureFactory[SQLiteTrackingRecorder]):
         id_type: Literal["uuid", "text"] = (
             "uuid" if originator_id_type == "uuid" else "text"
         )
+        self._tracking_table_setting = (
+            self.env.get(self.SQLITE_TRACKING_TABLE) or ""
+        ).strip()
+        if self._tracking_table_setting:
+            try:
+                SQLiteRecorder.check_identifier_length(self._tracking_table_setting)
+            except ProgrammingError as error:
+                msg = f"Invalid {self._keys(self.SQLITE_TRACKING_TABLE)}: {error}"
+                raise SQLiteSettingsError(msg) from None
         lock_timeout = self._seconds_setting(self.SQLITE_LOCK_TIMEOUT, allow_zero=True)
         poll_interval = self._seconds_setting(
             self.SQLITE_POLL_INTERVAL, allow_zero=False
@@ -157,6 +190,31 @@ class SQLiteFactory(InfrastructureFactory[SQLiteTrackingRecorder]):
         recorder: ApplicationRecorder = cls(self.datastore)
         return recorder
 
+    def tracking_table_name(self) -> str:
+        """The tracking table of the factory's views.
+
+        ``SQLITE_TRACKING_TABLE`` if set; else ``<name>_tracking``, the
+        environment's name lower-cased, or eventsourcing's ``tracking``
+        when the environment has no name.
+        """
+        if self._tracking_table_setting:
+            return self._tracking_table_setting
+        name = self.env.name
+        if not name:
+            return SHARED_TRACKING_TABLE
+        table = f"{name.lower()}_tracking"
+        try:
+            SQLiteRecorder.check_identifier_length(table)
+        except ProgrammingError:
+            msg = (
+                f"Cannot name the SQLite tracking table of {name!r} after it: "
+                f"{table!r} is not a plain identifier (letters, digits and "
+                "underscores, not starting with a digit); rename it, or set "
+                f"{self._keys(self.SQLITE_TRACKING_TABLE)} to a table name"
+            )
+            raise ProgrammingError(msg) from None
+        return table
+
     def construct_tracking_recorder(
         self, tracking_recorder_class: type[SQLiteTrackingRecorder] | None = None
     ) -> SQLiteTrackingRecorder:
@@ -165,15 +223,48 @@ class SQLiteFactory(InfrastructureFactory[SQLiteTrackingRecorder]):
             self.tracking_recorder_class,
             tracking_recorder_class,
         )
-        recorder: SQLiteTrackingRecorder = cls(self.datastore)
+        table = self.tracking_table_name()
+        recorder: SQLiteTrackingRecorder
+        if table == SHARED_TRACKING_TABLE:
+            # As before, and as for eventsourcing: views whose __init__
+            # takes the datastore alone keep working.
+            recorder = cls(self.datastore)
+        else:
+            try:
+                recorder = cls(self.datastore, tracking_table_name=table)
+            except TypeError as error:
+                if "tracking_table_name" not in str(error):
+                    raise
+                source = (
+                    f"set by {self._keys(self.SQLITE_TRACKING_TABLE)}"
+                    if self._tracking_table_setting
+                    else f"named after {self.env.name!r}"
+                )
+                msg = (
+                    f"{cls.__qualname__}.__init__() must pass keyword arguments "
+                    "(tracking_table_name) on to SQLiteTrackingRecorder: its "
+                    f"tracking table is {table!r}, {source}"
+                )
+                raise TypeError(msg) from error
+        self._own(recorder, check_upgrade=not self._tracking_table_setting)
         return recorder
 
     def construct_process_recorder(self) -> ProcessRecorder:
         cls = self._resolve_recorder_class(
             self.PROCESS_RECORDER_TOPIC, self.process_recorder_class
         )
+        # Always eventsourcing's "tracking": an event-sourced projection's
+        # file is shared with eventsourcing's process applications.
         recorder: ProcessRecorder = cls(self.datastore)
+        if isinstance(recorder, SQLiteTrackingRecorder):
+            self._own(recorder, check_upgrade=False)
         return recorder
+
+    def _own(self, recorder: SQLiteTrackingRecorder, *, check_upgrade: bool) -> None:
+        """Have ``recorder`` claim its tracking rows for the environment's name."""
+        if self.env.name:
+            recorder.owner_name = self.env.name
+            recorder.check_upgrade = check_upgrade
 
     async def close(self) -> None:
         """Close the datastore's connections; idempotent."""

@@ -3,13 +3,21 @@
 The tables are those of :mod:`eventsourcing.sqlite`, column for column, so
 that the two libraries can share a database file: aggregate sequences in
 ``stored_events`` (``stored_snapshots`` for snapshots), whose ``rowid`` is
-the notification id; processed positions in ``tracking``, one row per
-application name, beside a ``__migration__`` row that tells eventsourcing
-the table is already single-row.
+the notification id; processed positions in a tracking table (eventsourcing's
+``tracking``, or a view's own ``<name>_tracking``: see
+:class:`~asyncsourcing.sqlite.SQLiteFactory`), one row per application name,
+beside a ``__migration__`` row that tells eventsourcing the table is already
+single-row.
+
+Which projection records an application's positions in which tracking table
+is claimed in ``asyncsourcing_tracking_owners`` (asyncsourcing's own table,
+which eventsourcing ignores), so that two projections never share a tracking
+row unawares: see :class:`SQLiteTrackingRecorder`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
@@ -45,11 +53,14 @@ from asyncsourcing.sqlite.subscription import SQLiteSubscription
 from asyncsourcing.waiting import PositionBoard
 
 __all__ = [
+    "TRACKING_OWNERS_TABLE",
     "SQLiteAggregateRecorder",
     "SQLiteApplicationRecorder",
     "SQLiteProcessRecorder",
     "SQLiteRecorder",
     "SQLiteTrackingRecorder",
+    "TrackingConflictError",
+    "TrackingUpgradeError",
 ]
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -374,6 +385,30 @@ _MAX_ROWS_PER_STATEMENT = 8000
 MIGRATION_APPLICATION_NAME = "__migration__"
 """The row by which eventsourcing knows a tracking table is single-row."""
 
+SHARED_TRACKING_TABLE = "tracking"
+"""eventsourcing's tracking table, whatever the name of the view or process."""
+
+TRACKING_OWNERS_TABLE = "asyncsourcing_tracking_owners"
+"""Which projection records which application's positions in which table."""
+
+
+class TrackingConflictError(ProgrammingError):
+    """Two projections would record one application's positions in one row.
+
+    Each would then take the other's position for its own and skip events.
+    The message names both projections, the table and the file.
+    """
+
+
+class TrackingUpgradeError(ProgrammingError):
+    """A view's tracking table is new, but the shared ``tracking`` table of
+    its file has a position for the application that no projection claims:
+    most likely the view's own, recorded before SQLite views had tracking
+    tables of their own. Processing from the start would apply events to
+    the view twice, so the view does not start; the message says how to
+    keep the position or to start afresh.
+    """
+
 
 class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
     """Positions of processed events, one row per application name.
@@ -392,17 +427,39 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
     :class:`~asyncsourcing.waiting.PositionBoard`); other processes' commits
     are found by re-reading every ``SQLITE_POLL_INTERVAL`` seconds while
     tasks wait.
+
+    Ownership: a recorder with an :attr:`owner_name` (the factory sets it to
+    its environment's name, which for a projection runner's view or an
+    event-sourced projection is the projection's name) claims each
+    application's row of its tracking table, in
+    :data:`TRACKING_OWNERS_TABLE`, when it first reads, waits for or
+    records a position of that application. Another projection claiming the
+    same row raises :class:`TrackingConflictError`, naming both; a runner
+    reads its position as it starts, so it fails there, before processing
+    anything. A recorder without an owner (constructed directly, or by a
+    factory without a name, as eventsourcing's are) claims nothing.
     """
+
+    owner_name: str | None = None
+    """The projection whose positions this recorder records, or None."""
+
+    check_upgrade: bool = False
+    """Whether to look for the view's position in eventsourcing's shared
+    ``tracking`` table before starting an application afresh: see
+    :class:`TrackingUpgradeError` (the factory sets it for views whose
+    tracking table is named after them by default)."""
 
     def __init__(
         self,
         datastore: SQLiteDatastore,
         *,
-        tracking_table_name: str = "tracking",
+        tracking_table_name: str = SHARED_TRACKING_TABLE,
         **kwargs: Any,
     ) -> None:
         self.check_identifier_length(tracking_table_name)
         self.tracking_table_name = tracking_table_name
+        # Applications whose row this recorder has claimed (or found its own).
+        self._claimed: set[str] = set()
         super().__init__(datastore, **kwargs)
         table = quote(tracking_table_name)
         self.insert_tracking_statement = self._upsert_tracking_statement(
@@ -505,6 +562,7 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
     async def _record_tracking(
         self, connection: aiosqlite.Connection, tracking: Tracking
     ) -> None:
+        await self._claim_in(connection, tracking.application_name)
         returned = await connection.execute_fetchall(
             self.insert_tracking_statement,
             (tracking.application_name, tracking.notification_id),
@@ -524,6 +582,7 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
         tracking: Tracking,
         expected: int | None,
     ) -> None:
+        await self._claim_in(connection, tracking.application_name)
         returned = await connection.execute_fetchall(
             self.compare_and_set_tracking_statement,
             (tracking.application_name, tracking.notification_id, expected),
@@ -571,8 +630,162 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
         self.position_board.advance(application_name, notification_id)
 
     async def max_tracking_id(self, application_name: str) -> int | None:
+        await self._claim(application_name)
         async with self.datastore.transaction(commit=False) as connection:
             return await self._max_tracking_id(connection, application_name)
+
+    async def wait(
+        self,
+        application_name: str,
+        notification_id: int | None,
+        timeout: float = 1.0,
+        interrupt: asyncio.Event | None = None,
+    ) -> None:
+        await self._claim(application_name)
+        await super().wait(application_name, notification_id, timeout, interrupt)
+
+    # Ownership of tracking rows.
+
+    async def _claim(self, application_name: str) -> None:
+        """Claim the row of ``application_name`` for :attr:`owner_name`.
+
+        Reads first: a claim already made costs no write transaction. Inside
+        a transaction of the task it does nothing: recording tracking
+        claims, in that transaction.
+        """
+        if (
+            self.owner_name is None
+            or application_name in self._claimed
+            or self.datastore.in_transaction()
+        ):
+            return
+        async with self.datastore.transaction(commit=False) as connection:
+            owner = await self._owner(
+                connection, self.tracking_table_name, application_name
+            )
+        if owner is not None:
+            self._check_owner(owner, application_name)
+            self._claimed.add(application_name)
+            return
+        async with self.datastore.transaction(commit=True) as connection:
+            await self._claim_in(connection, application_name)
+
+    async def _claim_in(
+        self, connection: aiosqlite.Connection, application_name: str
+    ) -> None:
+        """Claim, in the write transaction of ``connection``, which holds the
+        file's write lock: the first projection to claim a row keeps it."""
+        if self.owner_name is None or application_name in self._claimed:
+            return
+        await connection.execute(_CREATE_OWNERS_TABLE)
+        owner = await self._owner(
+            connection, self.tracking_table_name, application_name
+        )
+        if owner is None:
+            if self.check_upgrade:
+                await self._check_not_upgraded(connection, application_name)
+            await connection.execute(
+                f"INSERT INTO {quote(TRACKING_OWNERS_TABLE)} (tracking_table, "
+                "application_name, projection_name, claimed_at) VALUES (?, ?, ?, ?)",
+                (
+                    self.tracking_table_name,
+                    application_name,
+                    self.owner_name,
+                    datetime.now(UTC).isoformat(),
+                ),
+            )
+        else:
+            self._check_owner(owner, application_name)
+        self.datastore.call_after_commit(
+            connection, partial(self._claimed.add, application_name)
+        )
+
+    @staticmethod
+    async def _owner(
+        connection: aiosqlite.Connection, table: str, application_name: str
+    ) -> str | None:
+        """The projection that claims ``table``'s row of ``application_name``."""
+        if not await _table_exists(connection, TRACKING_OWNERS_TABLE):
+            return None
+        rows = list(
+            await connection.execute_fetchall(
+                f"SELECT projection_name FROM {quote(TRACKING_OWNERS_TABLE)} "
+                "WHERE tracking_table = ? AND application_name = ?",
+                (table, application_name),
+            )
+        )
+        return str(rows[0][0]) if rows else None
+
+    def _check_owner(self, owner: str, application_name: str) -> None:
+        if owner == self.owner_name:
+            return
+        if self.tracking_table_name == SHARED_TRACKING_TABLE:
+            remedy = (
+                f"give one of them a database file of its own "
+                f"({_setting(self.owner_name, 'SQLITE_DBNAME')})"
+            )
+        else:
+            remedy = (
+                "give each projection a tracking table of its own ("
+                f"{_setting(self.owner_name, 'SQLITE_TRACKING_TABLE')} names this "
+                "one's) or a database file of its own "
+                f"({_setting(self.owner_name, 'SQLITE_DBNAME')})"
+            )
+        msg = (
+            f"Projection {self.owner_name!r} cannot record the positions of "
+            f"application {application_name!r} in table "
+            f"{self.tracking_table_name!r} of {self.datastore.db_name}: projection "
+            f"{owner!r} records them there, and each would skip the events that "
+            f"the other processed; {remedy}"
+        )
+        raise TrackingConflictError(msg)
+
+    async def _check_not_upgraded(
+        self, connection: aiosqlite.Connection, application_name: str
+    ) -> None:
+        """Raise :class:`TrackingUpgradeError` if this view would start
+        ``application_name`` afresh while an unclaimed position of it is in
+        the shared ``tracking`` table (see :attr:`check_upgrade`)."""
+        shared = SHARED_TRACKING_TABLE
+        if self.tracking_table_name == shared or not await _table_exists(
+            connection, shared
+        ):
+            return
+        if await self._max_tracking_id(connection, application_name) is not None:
+            return  # The view has started with its own table.
+        rows = list(
+            await connection.execute_fetchall(
+                f"SELECT notification_id FROM {quote(shared)} "
+                "WHERE application_name = ?",
+                (application_name,),
+            )
+        )
+        if not rows:
+            return
+        owner = await self._owner(connection, shared, application_name)
+        if owner is not None and owner != self.owner_name:
+            return  # Another projection's position (an event-sourced one's).
+        position = rows[0][0]
+        keep = _setting(self.owner_name, "SQLITE_TRACKING_TABLE")
+        if owner is None:
+            whose = (
+                "which no projection claims: most likely this view's, recorded "
+                "before SQLite views had tracking tables of their own"
+            )
+        else:
+            whose = f"which this projection recorded there while {keep} said so"
+        msg = (
+            f"Projection {self.owner_name!r} has no position of application "
+            f"{application_name!r} in its tracking table "
+            f"{self.tracking_table_name!r} of {self.datastore.db_name}, but "
+            f"eventsourcing's shared table {shared!r} there has position "
+            f"{position} of {application_name!r}, {whose}. Not starting from "
+            f"the beginning: to keep that position (and the view's tables), set "
+            f"{keep}={shared}; if it is not this view's, start the projection it "
+            f"belongs to first, or set {keep}={self.tracking_table_name} to "
+            "process every event again"
+        )
+        raise TrackingUpgradeError(msg)
 
     async def _max_tracking_id(
         self, connection: aiosqlite.Connection, application_name: str
@@ -658,6 +871,29 @@ class SQLiteTrackingRecorder(SQLiteRecorder, TrackingRecorder):
         )
 
 
+_CREATE_OWNERS_TABLE = (
+    f"CREATE TABLE IF NOT EXISTS {quote(TRACKING_OWNERS_TABLE)} ("
+    "tracking_table TEXT, "
+    "application_name TEXT, "
+    "projection_name TEXT NOT NULL, "
+    "claimed_at TEXT NOT NULL, "
+    "PRIMARY KEY (tracking_table, application_name)) "
+    "WITHOUT ROWID"
+)
+
+
+async def _table_exists(connection: aiosqlite.Connection, name: str) -> bool:
+    rows = await connection.execute_fetchall(
+        "SELECT 1 FROM sqlite_master WHERE type = ? AND name = ?", ("table", name)
+    )
+    return bool(list(rows))
+
+
+def _setting(name: str | None, key: str) -> str:
+    """The environment variable of ``key`` that configures ``name`` alone."""
+    return f"{name.upper()}_{key}" if name else key
+
+
 class SQLiteProcessRecorder(
     SQLiteTrackingRecorder, SQLiteApplicationRecorder, ProcessRecorder
 ):
@@ -668,7 +904,7 @@ class SQLiteProcessRecorder(
         datastore: SQLiteDatastore,
         *,
         events_table_name: str = "stored_events",
-        tracking_table_name: str = "tracking",
+        tracking_table_name: str = SHARED_TRACKING_TABLE,
     ) -> None:
         super().__init__(
             datastore,

@@ -108,9 +108,7 @@ class Store:
             error_policy=error_policy,
         )
 
-    def view_class(
-        self, views: type[TView] | Mapping[str, type[TView]]
-    ) -> type[TView]:
+    def view_class(self, views: type[TView] | Mapping[str, type[TView]]) -> type[TView]:
         """``views`` if it is a class, else the class it maps the backend to.
 
         :raises LookupError: if ``views`` has no class for the backend.
