@@ -35,9 +35,7 @@ from tests.test_postgres_support import admin_connection, quote
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-FENCE = re.compile(
-    r"^```python([^\n]*)\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE
-)
+FENCE = re.compile(r"^```python([^\n]*)\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 MARKER = re.compile(r"<!--\s*(not-tested|postgres|pytest)\s*-->\s*$")
 TITLE = re.compile(r'title="([^"]+)"')
 TIMEOUT = 120
