@@ -1,4 +1,9 @@
-"""Command line: ``python -m benchmarks [--quick | --smoke] [--scenario NAME] ...``."""
+"""Command line: ``python -m benchmarks [--quick | --smoke] [--scenario NAME] ...``.
+
+``python -m benchmarks takeover ...`` runs :mod:`benchmarks.takeover` instead:
+replicas in processes of their own, killed one after the other, which the
+scenarios' two-library trials don't fit.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks import progress
+from benchmarks import progress, takeover
 from benchmarks.config import BACKENDS
 from benchmarks.report import (
     markdown_table,
@@ -32,6 +37,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "Benchmark asyncsourcing against eventsourcing 9.5 and print a "
             "markdown table. A full run (no --quick/--smoke/--scenario/--backend) "
             "also writes benchmarks/RESULTS.md and the plots."
+        ),
+        epilog=(
+            "python -m benchmarks takeover [--kills N] ...: takeover latency of "
+            "a projection's replicas and the cost of fencing, on PostgreSQL "
+            "(see python -m benchmarks takeover --help)."
         ),
     )
     size = parser.add_mutually_exclusive_group()
@@ -101,11 +111,19 @@ def _write_results(report: Report, path: Path, command: str) -> None:
     notes = Path(__file__).with_name("NOTES.md")
     if notes.exists():
         text += "\n" + notes.read_text()
+    # So does the takeover section, which only `takeover` runs write.
+    if path.exists():
+        kept = takeover.kept_section(path.read_text())
+        if kept:
+            text += "\n" + kept
     path.write_text(text)
     progress.log(f"wrote {path}" + "".join(f", {p}" for p in plots))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(argv) if argv is not None else sys.argv[1:]
+    if words[:1] == ["takeover"]:
+        return takeover.main(words[1:])
     args = parse_args(argv)
     progress.quiet = args.quiet
     progress.reset_clock()

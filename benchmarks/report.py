@@ -16,7 +16,9 @@ from benchmarks.runner import Report
 from benchmarks.server import describe_durability
 
 __all__ = [
+    "describe_postgres",
     "machine_description",
+    "machine_lines",
     "markdown_table",
     "plot_latency",
     "plot_memory",
@@ -131,7 +133,8 @@ def _version(distribution: str) -> str:
         return "not installed"
 
 
-def machine_description(report: Report) -> list[str]:
+def machine_lines() -> list[str]:
+    """The machine, Python and the libraries, as RESULTS.md's bullet points."""
     uname = subprocess.run(
         ["uname", "-a"], capture_output=True, text=True, check=False
     ).stdout.strip()
@@ -145,13 +148,17 @@ def machine_description(report: Report) -> list[str]:
             "aiosqlite",
         )
     )
-    lines = [
+    return [
         f"- `uname -a`: `{uname}`",
         f"- CPU: {_cpu_model()}, {os.cpu_count()} cores (shared machine)",
         f"- memory: {_memory_total()}",
         f"- Python {platform.python_version()} ({sys.executable})",
         f"- libraries: {libraries}; SQLite {sqlite3.sqlite_version}",
     ]
+
+
+def machine_description(report: Report) -> list[str]:
+    lines = machine_lines()
     if report.postgres_version:
         lines.append(f"- {postgres_description(report)}")
     return lines
@@ -163,15 +170,25 @@ def postgres_description(report: Report) -> str:
     The durability is what the server said (``SHOW fsync`` and so on), not
     what was asked of it.
     """
+    return describe_postgres(
+        report.postgres_version,
+        report.postgres_started_here,
+        report.postgres_durability,
+    )
+
+
+def describe_postgres(
+    version: str, started_here: bool, durability: dict[str, str]
+) -> str:
+    """:func:`postgres_description` from a server's version and durability."""
     where = (
         "a throwaway server started by the harness "
         "(`asyncsourcing.testing.pgserver.TemporaryPostgres`, shared_buffers=128MB, "
         "pg_stat_statements preloaded), on the same machine"
-        if report.postgres_started_here
+        if started_here
         else "the server named by POSTGRES_HOST"
     )
-    durability = describe_durability(report.postgres_durability)
-    return f"PostgreSQL {report.postgres_version}: {where}; {durability}"
+    return f"PostgreSQL {version}: {where}; {describe_durability(durability)}"
 
 
 def results_markdown(report: Report, command: str, plots: list[str]) -> str:
