@@ -112,6 +112,12 @@ async def describe_schema(env: dict[str, str], schema: str) -> dict[str, Any]:
         }
 
 
+def without_table_lock(functions: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """``functions`` (from :func:`describe_schema`) as eventsourcing makes them."""
+    lock = '    LOCK TABLE "S"."stored_events" IN EXCLUSIVE MODE;'
+    return [(name, source.replace(lock, "")) for name, source in functions]
+
+
 async def new_schema(env: dict[str, str]) -> str:
     schema = f"test_{uuid4().hex[:12]}"
     async with admin_connection(env) as conn:
@@ -150,6 +156,9 @@ async def test_tables_are_eventsourcings(
 
         expected = await describe_schema(postgres_env, theirs)
         actual = await describe_schema(postgres_env, ours)
+        # eventsourcing's insert function, as we make it, takes the table lock
+        # as every other insert does (see test_postgres_functions).
+        actual["functions"] = without_table_lock(actual["functions"])
         # Ours has one function more, through which saves lock, notify and
         # insert in one round trip; eventsourcing never calls it.
         (ours_only,) = [
@@ -169,7 +178,8 @@ async def test_tables_are_eventsourcings(
         for key in expected:
             assert actual[key] == expected[key], key
 
-        # Creating again changes nothing (and so does eventsourcing's).
+        # Creating again changes nothing (and so does eventsourcing's, but
+        # for putting its own insert function back, without the lock).
         async with PostgresFactory(factory_env(postgres_env, ours)) as factory:
             await factory.process_recorder()
         es = es_factory(factory_env(postgres_env, ours))

@@ -8,7 +8,15 @@ character but NUL.
 
 from __future__ import annotations
 
-__all__ = ["MAX_IDENTIFIER_LEN", "check_identifier", "qualified", "quote_identifier"]
+import itertools
+
+__all__ = [
+    "MAX_IDENTIFIER_LEN",
+    "check_identifier",
+    "dollar_quote",
+    "qualified",
+    "quote_identifier",
+]
 
 #: PostgreSQL keeps at most NAMEDATALEN - 1 = 63 bytes of an identifier and
 #: silently truncates longer ones, which would make two names collide.
@@ -37,3 +45,20 @@ def quote_identifier(name: str) -> str:
 def qualified(schema: str, name: str) -> str:
     """The quoted, schema-qualified name of a table or other object."""
     return f"{quote_identifier(schema)}.{quote_identifier(name)}"
+
+
+def dollar_quote(body: str, tag: str = "BODY") -> str:
+    """``body`` as a dollar-quoted string constant, e.g. a function's body.
+
+    The delimiter is ``$BODY$`` (eventsourcing's; ``$<tag>$`` in general),
+    unless that occurs in ``body`` (a quoted identifier may contain any
+    ``$...$``): then the first of ``$BODY_1$``, ``$BODY_2$``, ... that does
+    not. The string ends at the first occurrence of its delimiter, which is
+    then the closing one.
+    """
+    for n in itertools.count():
+        delimiter = f"${tag}$" if n == 0 else f"${tag}_{n}$"
+        text = body + delimiter
+        if text.find(delimiter) == len(body):
+            return delimiter + text
+    raise AssertionError  # pragma: no cover (the loop returns)

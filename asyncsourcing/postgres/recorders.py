@@ -1,8 +1,9 @@
 """Aggregate, application, tracking and process recorders on PostgreSQL.
 
-The tables, columns, index, composite type, insert function, notification-id
-ordering rule and NOTIFY channel of the events are those of
-``eventsourcing.postgres`` 9.5, so both libraries can share one database.
+The tables, columns, index, composite type, insert function (which also
+takes the table lock here), notification-id ordering rule and NOTIFY channel
+of the events are those of ``eventsourcing.postgres`` 9.5, so both libraries
+can share one database.
 Tracking is single-row per application name, as in eventsourcing 9.5, and is
 also announced on a channel named after the tracking table (eventsourcing
 ignores it), which wakes ``wait()`` in every process.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
@@ -51,6 +53,7 @@ from asyncsourcing.postgres.errors import is_connection_lost, translate_errors
 from asyncsourcing.postgres.identifiers import (
     MAX_IDENTIFIER_LEN,
     check_identifier,
+    dollar_quote,
     qualified,
     quote_identifier,
 )
@@ -70,6 +73,8 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+
+logger = logging.getLogger(__name__)
 
 # eventsourcing's storage parameters of its tables, kept for identical tables.
 _TABLE_OPTIONS = (
@@ -319,9 +324,9 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
         self.insert_events_statement += " RETURNING notification_id"
         # One simple-protocol round trip for both (no parameters: identifiers
         # only). NOTIFY is delivered at commit, to every LISTEN connection.
+        self.lock_table_statement = f"LOCK TABLE {table} IN EXCLUSIVE MODE"
         self.lock_table_and_notify_statement = (
-            f"LOCK TABLE {table} IN EXCLUSIVE MODE; "
-            f"NOTIFY {quote_identifier(self.channel_name)}"
+            f"{self.lock_table_statement}; NOTIFY {quote_identifier(self.channel_name)}"
         )
         self.max_notification_id_statement = f"SELECT MAX(notification_id) FROM {table}"
         self._select_notifications_statements: dict[tuple[bool, ...], str] = {}
@@ -336,6 +341,7 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
             "events_schema text, events_table text, channel text, "
             f"lock_timeout text, originator_ids {id_type}[], "
             "originator_versions bigint[], topics text[], states bytea[]) "
+            # A fixed body: the names are arguments, quoted by format('%I').
             "RETURNS SETOF bigint LANGUAGE plpgsql AS $BODY$ "
             "BEGIN "
             "IF lock_timeout IS NOT NULL THEN "
@@ -367,25 +373,24 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
         """eventsourcing's insert function (used with POSTGRES_ENABLE_DB_FUNCTIONS).
 
         Like eventsourcing, one function per schema and originator id type,
-        replaced by each application recorder's creation. Its body holds the
-        lock timeout, a value: it is quoted by the server (``format('%L')``)
-        from a query parameter, never formatted in here.
+        replaced by each application recorder's creation, with eventsourcing's
+        body and one statement more: it takes the table's EXCLUSIVE lock, as
+        every other insert does, so that events saved through it commit in
+        the order of their notification ids (eventsourcing's own body takes
+        no lock). The body holds the lock timeout, a value: it is quoted by
+        the server (``format('%L')``) from a query parameter, never formatted
+        in here. The body is dollar-quoted with a delimiter that does not
+        occur in it, whatever the schema's name.
         """
 
         def ident(name: str) -> str:
             return quote_identifier(name).replace("%", "%%")
 
-        template = (
-            "CREATE OR REPLACE FUNCTION "
-            f"{ident(self.datastore.schema)}.{ident(self.pg_function_name_insert_events)}"
-            f"(events {ident(self.datastore.schema)}."
-            f"{ident(self.stored_event_type_name)}[]) "
-            "RETURNS SETOF bigint "
-            "LANGUAGE plpgsql "
-            "AS "
-            "$BODY$"
+        schema = quote_identifier(self.datastore.schema)
+        body_template = (
             "BEGIN"
             "    SET LOCAL lock_timeout = %L;"
+            f"    {self.lock_table_statement.replace('%', '%%')};"
             f"    NOTIFY {ident(self.channel_name)};"
             "    RETURN QUERY"
             f"    INSERT INTO {ident(self.datastore.schema)}."
@@ -395,14 +400,60 @@ class PostgresApplicationRecorder(PostgresAggregateRecorder, ApplicationRecorder
             "    FROM unnest(events)"
             "    RETURNING notification_id;"
             "END;"
-            "$BODY$"
         )
-        statement = await conn.fetchval(
+        body: str = await conn.fetchval(
             "SELECT format($1::text, $2::text)",
-            template,
+            body_template,
             f"{self.datastore.lock_timeout}s",
         )
-        await conn.execute(statement)
+        await conn.execute(
+            "CREATE OR REPLACE FUNCTION "
+            f"{schema}.{quote_identifier(self.pg_function_name_insert_events)}"
+            f"(events {schema}.{quote_identifier(self.stored_event_type_name)}[]) "
+            "RETURNS SETOF bigint "
+            "LANGUAGE plpgsql "
+            "AS "
+            f"{dollar_quote(body)}"
+        )
+
+    async def check_insert_events_function(self) -> bool:
+        """Whether eventsourcing's insert function, if there is one, locks the table.
+
+        eventsourcing 9.5 re-creates ``es_insert_events_<type>`` with its own
+        body, which inserts without the table lock, whenever it creates its
+        tables. Events saved through that body (by eventsourcing applications
+        with ``POSTGRES_ENABLE_DB_FUNCTIONS=yes``) may commit out of the order
+        of their ids, and a subscriber may pass over them for good: this
+        logs a warning naming the function, and returns False.
+        """
+        sources: list[str] = [
+            row[0]
+            for row in await self._read(
+                lambda conn: conn.fetch(
+                    "SELECT p.prosrc FROM pg_proc p "
+                    "JOIN pg_namespace n ON n.oid = p.pronamespace "
+                    "WHERE n.nspname = $1 AND p.proname = $2",
+                    self.datastore.schema,
+                    self.pg_function_name_insert_events,
+                )
+            )
+        ]
+        unsafe = [s for s in sources if "LOCK TABLE" not in s.upper()]
+        if unsafe:
+            logger.warning(
+                "The function %s.%s inserts events without locking the events "
+                "table (eventsourcing re-creates it so whenever it creates its "
+                "tables): events that eventsourcing applications with "
+                "POSTGRES_ENABLE_DB_FUNCTIONS=yes save through it can commit out "
+                "of the order of their notification ids, and subscriptions and "
+                "projections can pass over them. Start an asyncsourcing "
+                "application with CREATE_TABLE=true after eventsourcing's to "
+                "re-create it with the lock, and give eventsourcing "
+                "CREATE_TABLE=false, or leave POSTGRES_ENABLE_DB_FUNCTIONS off.",
+                quote_identifier(self.datastore.schema),
+                quote_identifier(self.pg_function_name_insert_events),
+            )
+        return not unsafe
 
     async def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any

@@ -26,7 +26,10 @@ class PostgresSubscription(Subscription["PostgresApplicationRecorder"]):
     again, so coalesced or lost notifications lose nothing. After the LISTEN
     connection is re-established it reads again, and it re-reads every
     ``poll_interval`` seconds anyway, the safety net for writers that do not
-    notify. The iteration ends when the datastore is closed.
+    notify. The iteration ends when the datastore is closed. Starting, it
+    logs a warning if the schema's ``es_insert_events_<type>`` function
+    inserts without the table lock (see
+    :meth:`PostgresApplicationRecorder.check_insert_events_function`).
     """
 
     def __init__(
@@ -52,6 +55,8 @@ class PostgresSubscription(Subscription["PostgresApplicationRecorder"]):
             )
         try:
             await listener.listening(channel)
+            # Warns when eventsourcing's insert function takes no table lock.
+            await self._recorder.check_insert_events_function()
         except BaseException:
             self._unregister()
             raise
