@@ -24,6 +24,7 @@ from asyncsourcing.projection import (
     EventSourcedProjectionRunner,
     Projection,
     ProjectionRunner,
+    ProjectionStoppedError,
 )
 from asyncsourcing.utils import Environment, get_topic
 
@@ -44,6 +45,7 @@ __all__ = [
     "IntegrityError",
     "Projection",
     "ProjectionRunner",
+    "ProjectionStoppedError",
     "Tracking",
     "TrackingRecorder",
     "WaitInterruptedError",

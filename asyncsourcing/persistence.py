@@ -9,10 +9,11 @@ catches the errors of both libraries. Everything that does IO is async.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -333,6 +334,19 @@ class Subscription(AsyncIterator[Notification], Generic[TApplicationRecorder_co]
         self._last_notification_id = gt
         self._topics = tuple(topics)
         self._buffer: deque[Notification] = deque()
+        # Every notification up to here is yielded or in the buffer, those
+        # that the topics filter out included: the next read starts here.
+        self._read_up_to = gt
+        self._last_read_was_full = False
+        self.on_caught_up: Callable[[int], Awaitable[float | None]] | None = None
+        """Awaited, when set, as the subscription (with topics) is about to
+        wait for news, having yielded everything it read, with the position
+        it has read up to when that is past the last notification it yielded:
+        the notifications in between are all filtered out by the topics. So
+        the caller has dealt with every notification of its topics up to
+        that position. It may return a delay in seconds: it is then awaited
+        again after that delay, news or not. What it raises comes out of
+        ``__anext__``."""
         self._has_been_entered = False
         self._has_been_stopped = False
         self._has_been_notified = asyncio.Event()
@@ -393,17 +407,46 @@ class Subscription(AsyncIterator[Notification], Generic[TApplicationRecorder_co]
                 await self._start_listening()
             # Cleared before reading, so a commit during the read is not missed.
             self._has_been_notified.clear()
+            head = await self._head()
             batch = await self._recorder.select_notifications(
-                start=self._last_notification_id or 0,
+                start=self._read_up_to or 0,
                 limit=self.batch_size,
                 topics=self._topics,
                 inclusive_of_start=False,
             )
+            self._last_read_was_full = len(batch) >= self.batch_size
             if batch:
                 self._buffer.extend(batch)
-            else:
-                await self._wait_for_news()
+                self._read_up_to = batch[-1].id
+            if head is not None and not self._last_read_was_full:
+                # Ids are committed in order (invariant 3): the read, after
+                # the head was, found everything of the topics up to it.
+                self._read_up_to = max(self._read_up_to or 0, head)
+            if not batch:
+                await self._wait_for_news_or_caught_up()
         raise StopAsyncIteration
+
+    async def _head(self) -> int | None:
+        """With topics, near the end: the last notification id, before reading."""
+        if not self._topics or self._last_read_was_full:
+            return None
+        return await self._recorder.max_notification_id()
+
+    async def _wait_for_news_or_caught_up(self) -> None:
+        position = self._read_up_to
+        delay: float | None = None
+        if (
+            self.on_caught_up is not None
+            and position is not None
+            and position > (self._last_notification_id or 0)
+        ):
+            delay = await self.on_caught_up(position)
+        if delay is None:
+            await self._wait_for_news()
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._wait_for_news()
 
     def take_ready(self, limit: int) -> list[Notification]:
         """Up to ``limit`` notifications that are already read, without waiting."""

@@ -43,7 +43,11 @@ from asyncsourcing.policies import ErrorPolicy, ErrorPolicyLike
 from asyncsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from asyncsourcing.postgres.datastore import PostgresConnection
 from asyncsourcing.postgres.errors import is_connection_lost, translate_error
-from asyncsourcing.projection import Projection, ProjectionRunner
+from asyncsourcing.projection import (
+    Projection,
+    ProjectionRunner,
+    ProjectionStoppedError,
+)
 from asyncsourcing.sqlite.datastore import translate_error as translate_sqlite_error
 from tests.faults_support import (
     Counter,
@@ -177,10 +181,10 @@ async def assert_processed_once_after_reconnecting(
 async def assert_stopped_with_the_event_unprocessed(
     runner: ProjectionRunner[Any, Any], first_id: int
 ) -> None:
-    with pytest.raises(OperationalError) as info:
+    with pytest.raises(ProjectionStoppedError) as info:
         await runner.wait(first_id, timeout=10)
     # asyncsourcing's error (the same class as eventsourcing's), not asyncpg's.
-    assert type(info.value) is OperationalError
+    assert type(info.value.__cause__) is OperationalError
     assert not runner.is_running
     # Neither skipped (tracking without the view's update) nor parked.
     assert await runner.view.max_tracking_id(runner.app.name) is None

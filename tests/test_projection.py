@@ -18,6 +18,7 @@ from asyncsourcing.projection import (
     EventSourcedProjectionRunner,
     Projection,
     ProjectionRunner,
+    ProjectionStoppedError,
 )
 from asyncsourcing.utils import TopicError, get_topic
 from examples.eventcounters.projection import (
@@ -89,8 +90,9 @@ def _spanner() -> Aggregate:
 async def test_runner_wait_raises_the_projection_error() -> None:
     async with runner_of() as runner:
         recordings = await runner.app.save(_spanner())
-        with pytest.raises(SpannerThrownError):
+        with pytest.raises(ProjectionStoppedError) as stopped:
             await runner.wait(recordings[-1].notification.id, timeout=5)
+        assert isinstance(stopped.value.__cause__, SpannerThrownError)
 
 
 async def test_unconsumed_error_is_raised_on_exit() -> None:

@@ -12,9 +12,10 @@ import pytest
 
 from asyncsourcing.application import Application
 from asyncsourcing.domain import Aggregate
-from asyncsourcing.persistence import Tracking
+from asyncsourcing.persistence import ProgrammingError, Tracking
 from asyncsourcing.projection import (
     EventSourcedProjectionRunner,
+    ProjectionStoppedError,
     RunnerStatistics,
 )
 from examples.eventcounters.projection import (
@@ -23,7 +24,7 @@ from examples.eventcounters.projection import (
     SpannerThrownError,
 )
 from tests.test_error_policies import Backend, Copies, aggregate_with, backend
-from tests.test_postgres_support import pg_schema
+from tests.test_postgres_support import admin_connection, factory_env, pg_schema, quote
 
 # Fixtures used here, imported from other modules.
 __all__ = ["backend", "pg_schema"]
@@ -121,8 +122,78 @@ async def test_event_sourced_runner_statistics() -> None:
         application_class=Application[UUID], projection_class=Copies
     ) as runner:
         recordings = await runner.app.save(aggregate_with(Aggregate.Event))
-        await runner.wait(recordings[0].notification.id, timeout=5)
+        # Only the created event is one of its topics; once caught up, the
+        # runner records the position of the other one too: no lag is left.
+        await runner.wait(recordings[-1].notification.id, timeout=5)
         stats = await runner.statistics()
         assert stats.projection_name == "Copies"
-        # Only the created event is one of its topics; the lag counts all.
-        assert (stats.position, stats.events_processed, stats.lag) == (1, 1, 1)
+        assert (stats.position, stats.events_processed, stats.lag) == (2, 1, 0)
+
+
+@pytest.mark.postgres
+async def test_an_error_reading_the_events_is_counted_and_shown(
+    postgres_env: dict[str, str], pg_schema: str
+) -> None:
+    env = factory_env(postgres_env, pg_schema, POSTGRES_POLL_INTERVAL="0.1")
+    # "retry" reconnects after connection errors; a missing table is not one.
+    async with Backend("postgres", env).runner(error_policy="retry") as runner:
+        recordings = await runner.app.save(aggregate_with())
+        await runner.wait(recordings[-1].notification.id, timeout=10)
+
+        # Someone renames the application's events table under the runner.
+        table = runner.app.recorder.events_table_name  # type: ignore[attr-defined]
+        async with admin_connection(postgres_env) as conn:
+            await conn.execute(
+                f"ALTER TABLE {quote(pg_schema)}.{quote(table)} RENAME TO renamed"
+            )
+        with pytest.raises(ProjectionStoppedError) as stopped:
+            await runner.wait(recordings[-1].notification.id + 1, timeout=10)
+        error = stopped.value.__cause__
+        assert isinstance(error, ProgrammingError)
+        assert table in str(error)  # relation "..." does not exist
+
+        stats = await runner.statistics()
+        assert not stats.is_running
+        assert stats.errors == 1
+        assert stats.last_error == repr(error)
+        assert stats.last_error_at is not None
+        assert stats.lag is None  # The events cannot be read.
+        with pytest.raises(ProgrammingError):
+            await runner.run_forever()
+
+
+@pytest.mark.parametrize(
+    "backend",
+    ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+    indirect=True,
+)
+async def test_a_snapshot_is_taken_in_one_step(backend: Backend) -> None:
+    """Sampled while events are processed, every snapshot holds together.
+
+    The runner starts on an empty view and is the only one processing: each
+    event it processes has a notification id of its own, at most the
+    position, so ``position >= events_processed`` in every snapshot.
+    """
+    total = 400
+    runner = backend.runner()
+    async with runner:
+
+        async def write() -> None:
+            for _ in range(total // 10):
+                await runner.app.save(*(aggregate_with() for _ in range(10)))
+
+        writing = asyncio.create_task(write())
+        snapshots: list[RunnerStatistics] = []
+        async with asyncio.timeout(30):
+            while not snapshots or snapshots[-1].events_processed < total:
+                snapshots.append(await runner.statistics())
+        await writing
+
+    assert len(snapshots) > 10
+    behind = [
+        (s.position, s.events_processed)
+        for s in snapshots
+        if (s.position or 0) < s.events_processed
+    ]
+    assert behind == []
+    assert snapshots[-1].position == snapshots[-1].events_processed == total

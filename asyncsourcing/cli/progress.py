@@ -57,9 +57,10 @@ async def take_sample(
     head = await app.recorder.max_notification_id() or 0
     lag = max(head - position, 0)
     if lag and topics:
-        # A projection that filters topics records no position for the
-        # events it skips, so events it will never see would count as lag
-        # for ever after: check that something it wants is pending.
+        # A runner records the position of the events its topics filter
+        # out only once caught up, and at most every so often (a view that
+        # eventsourcing runs, never): events it will never see would count
+        # as lag meanwhile. Check that something it wants is pending.
         pending = await app.recorder.select_notifications(
             position, 1, topics=topics, inclusive_of_start=False
         )

@@ -26,6 +26,7 @@ from asyncsourcing.projection.runners import (
     BaseProjectionRunner,
     EventSourcedProjectionRunner,
     ProjectionRunner,
+    ProjectionStoppedError,
 )
 from asyncsourcing.projection.subscription import ApplicationSubscription
 from asyncsourcing.statistics import RunnerStatistics
@@ -41,6 +42,7 @@ __all__ = [
     "ParkedEvent",
     "Projection",
     "ProjectionRunner",
+    "ProjectionStoppedError",
     "Role",
     "RunnerStatistics",
 ]

@@ -20,6 +20,7 @@ from asyncsourcing.application import Application
 from asyncsourcing.leases import FencedError, Lease, LeaseSettings
 from asyncsourcing.persistence import (
     InfrastructureFactory,
+    IntegrityError,
     InterfaceError,
     Notification,
     OperationalError,
@@ -47,7 +48,12 @@ from asyncsourcing.projection.subscription import (
 )
 from asyncsourcing.statistics import RunnerCounters, RunnerStatistics
 
-__all__ = ["BaseProjectionRunner", "EventSourcedProjectionRunner", "ProjectionRunner"]
+__all__ = [
+    "BaseProjectionRunner",
+    "EventSourcedProjectionRunner",
+    "ProjectionRunner",
+    "ProjectionStoppedError",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +69,17 @@ _NOT_THE_EVENTS = (*_CONNECTION_ERRORS, FencedError)
 
 class _StopRequestedError(Exception):
     """:meth:`BaseProjectionRunner.stop` was called while an event was retried."""
+
+
+class ProjectionStoppedError(Exception):
+    """The runner stopped by an error, which is this one's ``__cause__``.
+
+    Raised by :meth:`BaseProjectionRunner.wait` to every waiter and every
+    later call, and by :meth:`~BaseProjectionRunner.run_forever` once the
+    error itself has been raised: a fresh one each time, since one exception
+    raised in several tasks would have its traceback and context rewritten
+    by each.
+    """
 
 
 class BaseProjectionRunner(Generic[TApplication]):
@@ -88,6 +105,12 @@ class BaseProjectionRunner(Generic[TApplication]):
 
     max_batch_size = 500
 
+    filtered_tracking_interval = 0.1
+    """Seconds at least between two recordings of a position past events
+    that the projection's topics filter out: once caught up, the runner
+    records the position it has read up to, so that :meth:`wait` for such
+    an event returns, without one write per event."""
+
     def __init__(
         self,
         *,
@@ -112,7 +135,11 @@ class BaseProjectionRunner(Generic[TApplication]):
         self._subscription: ApplicationSubscription[Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self._announcing: asyncio.Task[None] | None = None
+        # The error that stopped the runner, kept; whether it has been raised
+        # itself (to run_forever() or on exit), and whether anyone was told.
         self._error: BaseException | None = None
+        self._error_raised = False
+        self._error_told = False
         self._is_started = False
         self._is_closed = False
         self._counters = RunnerCounters()
@@ -126,6 +153,9 @@ class BaseProjectionRunner(Generic[TApplication]):
         self._reconnect_streak: tuple[float, int] | None = None
         self._recovered_at = 0.0
         self._processed_at_recovery = 0
+        # The last position recorded past filtered-out events, and when.
+        self._filtered_recorded = 0
+        self._filtered_recorded_at = float("-inf")
 
     @staticmethod
     def _construct_env(name: str, env: EnvType | None = None) -> Environment:
@@ -222,6 +252,7 @@ class BaseProjectionRunner(Generic[TApplication]):
                 type(self._projection).__qualname__,
                 self.app_name,
             )
+            self._counters.stopped_by(error)
             self._error = error
         finally:
             self._stopping.set()
@@ -618,11 +649,51 @@ class BaseProjectionRunner(Generic[TApplication]):
         subscription = ApplicationSubscription(
             self.app, gt=position, topics=self._topics
         )
+        subscription.subscription.on_caught_up = self._caught_up
         self._subscription = subscription
         await subscription.__aenter__()
         if self._has_called_stop:
             subscription.stop()
         self._counters.position = position
+
+    async def _caught_up(self, position: int) -> float | None:
+        """Record ``position``, up to which the subscription has read: the
+        events after the last one processed are all filtered out by the
+        projection's topics. So :meth:`wait` for them returns, other runners'
+        views wake up, and a new subscription starts after them.
+
+        The subscription calls it from the task that processes the events,
+        once it has processed everything read: each event of the topics up
+        to ``position`` is committed. It records in a view transaction of
+        the runner (fenced by its lease), only forward, and at most once
+        every :attr:`filtered_tracking_interval` seconds: else it returns
+        the delay after which to be called again.
+        """
+        if position <= self._filtered_recorded:
+            return None
+        loop = asyncio.get_running_loop()
+        interval = self.filtered_tracking_interval
+        delay = self._filtered_recorded_at + interval - loop.time()
+        if delay > 0:
+            return delay
+        tracking = Tracking(self.app_name, position)
+        transaction = self._view_transaction()
+        try:
+            if transaction is None:
+                await self._record_skipped(tracking)
+            else:
+                async with transaction as locked:
+                    if locked.position is None or locked.position < position:
+                        await self._record_skipped(tracking)
+        except IntegrityError:
+            # Recorded meanwhile by another runner (without leadership).
+            self._rolled_back()
+        except BaseException:
+            self._rolled_back()
+            raise
+        self._filtered_recorded = position
+        self._filtered_recorded_at = loop.time()
+        return None
 
     async def _is_stopped_within(self, delay: float) -> bool:
         """Sleep ``delay`` seconds, or less if :meth:`stop` is called: True then."""
@@ -633,20 +704,30 @@ class BaseProjectionRunner(Generic[TApplication]):
     async def statistics(self) -> RunnerStatistics:
         """What the runner has done since it started (reads the view's
         position, and the application's last notification id for
-        :attr:`RunnerStatistics.lag`)."""
-        counters = self._counters
-        leadership = self._leadership
-        position = counters.position
+        :attr:`RunnerStatistics.lag`).
+
+        The reads come first; the counters are then taken in one step, with
+        no await between them, so that the snapshot is consistent.
+        """
+        recorded: int | None = None
         if self._is_started and not self._is_closed:
             # The view's own record: it counts what was committed before
             # the counters are bumped, and what another runner processed.
             with contextlib.suppress(PersistenceError):
                 recorded = await self._tracking_recorder.max_tracking_id(self.app_name)
-                if recorded is not None and (position is None or recorded > position):
-                    position = recorded
-        lag: int | None = None
+        max_notification_id: int | None = None
+        is_readable = False
         with contextlib.suppress(PersistenceError):
             max_notification_id = await self.app.recorder.max_notification_id()
+            is_readable = True
+        # From here on, no await: the counters of one moment.
+        counters = self._counters
+        leadership = self._leadership
+        position = counters.position
+        if recorded is not None and (position is None or recorded > position):
+            position = recorded
+        lag: int | None = None
+        if is_readable:
             lag = max(0, (max_notification_id or 0) - (position or 0))
         return RunnerStatistics(
             application_name=self.app_name,
@@ -681,6 +762,8 @@ class BaseProjectionRunner(Generic[TApplication]):
         """Process until ``timeout``, :meth:`stop` or an error, which is re-raised.
 
         After :meth:`stop`, it returns once the event in hand is processed.
+        The error that stopped the runner is raised itself the first time;
+        later calls raise a :class:`ProjectionStoppedError` from it.
         A runner that was not started is started here and closed on return,
         so ``asyncio.run(runner.run_forever())`` releases everything.
         """
@@ -691,7 +774,7 @@ class BaseProjectionRunner(Generic[TApplication]):
                 await asyncio.wait_for(self._stopping.wait(), timeout)
             if self._stopping.is_set() and self._task is not None:
                 await asyncio.shield(self._task)
-            self._raise_error()
+            self._raise_error(itself=True)
         finally:
             if owns_lifetime:
                 await self.aclose()
@@ -699,8 +782,10 @@ class BaseProjectionRunner(Generic[TApplication]):
     async def wait(self, notification_id: int | None, timeout: float = 1.0) -> None:
         """Return once the view has processed ``notification_id``.
 
-        Raises the runner's error if processing stopped with one, and
-        :class:`TimeoutError` after ``timeout`` seconds.
+        Raises :class:`ProjectionStoppedError`, from the error that stopped
+        the runner, if processing stopped with one before: every waiter and
+        every later call, a fresh one each. Raises :class:`TimeoutError`
+        after ``timeout`` seconds.
         """
         try:
             await self._tracking_recorder.wait(
@@ -712,10 +797,22 @@ class BaseProjectionRunner(Generic[TApplication]):
                 return
             raise
 
-    def _raise_error(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
+    def _raise_error(self, *, itself: bool = False) -> None:
+        """Raise a :class:`ProjectionStoppedError` from the error that stopped
+        the runner, if it stopped with one; with ``itself`` (the runner's
+        owner), the error itself if that has not been raised yet."""
+        error = self._error
+        if error is None:
+            return
+        self._error_told = True
+        if itself and not self._error_raised:
+            self._error_raised = True
             raise error
+        msg = (
+            f"Projection {self._projection_name!r} of application "
+            f"{self.app_name!r} stopped by an error: {error!r}"
+        )
+        raise ProjectionStoppedError(msg) from error
 
     async def aclose(self) -> None:
         """Stop, wait for the event in hand, and close what the runner holds."""
@@ -764,8 +861,8 @@ class BaseProjectionRunner(Generic[TApplication]):
         exc_tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-        if exc_val is None:
-            self._raise_error()
+        if exc_val is None and not self._error_told:
+            self._raise_error(itself=True)  # Nobody was told of it.
 
 
 class ProjectionRunner(
