@@ -17,10 +17,12 @@ Fast path (PostgreSQL): the leader also holds a session advisory lock on a
 connection of its own, and records that connection's process id in the
 lease. Standbys block on the same lock: when the leader's session ends (a
 crash, a stop), one of them gets the lock at once, and takes the lease over
-without waiting for it to expire, since its owner's session is gone. The
-holder of the lock also takes over a lease that no lock backs (its owner
-won the race for the first row without the lock, or took an expired lease
-from a paused leader), so that the fast path covers the next crash too.
+without waiting for it to expire, since its owner's session is gone. So
+that the leader is the lock's holder whenever one is alive, a runner
+without the lock takes an expired lease only a time to live after it
+expired (a released lease expires when it is released), and leaves the
+first row to the lock's holder; a leader without the lock (after a
+paused leader's lease expired) is taken over at its expiry.
 Poolers that do not keep sessions (PgBouncer in transaction mode, RDS Proxy)
 break this: turn it off (``LEASE_FAST_TAKEOVER=false``), and takeover then
 waits for the lease to expire (at most its time to live).
@@ -200,9 +202,11 @@ class Leases(ABC):
         ttl: float,
         *,
         holder_pid: int | None = None,
+        grace: float = 0.0,
     ) -> Lease | None:
-        """Take the lease for ``owner`` if it is free, expired, or its owner's
-        session is gone; a new epoch. None if another runner holds it."""
+        """Take the lease for ``owner`` if it is free, expired for ``grace``
+        seconds, or (``holder_pid`` given) its owner's session is gone; a new
+        epoch. None if another runner holds it."""
 
     @abstractmethod
     async def renew(self, lease: Lease, ttl: float) -> Lease | None:

@@ -196,27 +196,33 @@ async def test_postgres_takeover_is_fast_when_the_leaders_session_ends(
 
 
 @pytest.mark.postgres
-async def test_postgres_the_lock_holder_takes_over_a_lease_that_no_lock_backs(
+async def test_postgres_an_expired_lease_is_left_to_the_lock_holder_for_a_while(
     postgres_env: dict[str, str], pg_schema: str
 ) -> None:
-    # As when a runner without the lock wins the race for the first row:
-    # its crash could not be noticed at once, so the lock's holder leads.
+    # So that the leader holds the session lock whenever a holder is alive,
+    # and its crash is noticed at once: a runner without the lock takes an
+    # expired lease only a time to live after it expired.
     backend = Backend(
         "postgres", factory_env(postgres_env, pg_schema), PostgresEventCounters
     )
-    unlocked = backend.runner(LEASE_FAST_TAKEOVER="false")
-    locked = backend.runner()
-    async with running(unlocked):
-        assert unlocked.lease is not None and unlocked.lease.holder_pid is None
-        async with running(locked):
-            took = await eventually(lambda: locked.role == "leader", timeout=5)
-            assert took < 1.0  # The lease's time to live is 10 s.
-            assert locked.lease is not None and locked.lease.holder_pid is not None
-            assert locked.lease.epoch == 2
-            await eventually(lambda: unlocked.role == "standby", timeout=5)
-            last = await save_created(unlocked.app, 5)
-            await unlocked.wait(last, timeout=5)
-            assert await locked.view.get_created_event_counter() == 5
+    runner = backend.runner(LEASE_TTL="1")
+    leases = leases_of(runner)
+    await leases.create_table()
+    app, projection = runner.app_name, EventCountersProjection.name
+    lock = leases.session_lock(app, projection)
+    assert isinstance(lock, PostgresSessionLock)
+    async with admin_connection(postgres_env) as holder:
+        # Another runner, alive, holds the lock; a lease expires now.
+        await holder.execute(
+            "SELECT pg_advisory_lock(hashtextextended($1, 0))", lock.key
+        )
+        expired = await leases.acquire(app, projection, "gone:1:x", 0.0)
+        assert expired is not None
+        async with running(runner):
+            took = await eventually(lambda: runner.role == "leader", timeout=5)
+            assert took >= 0.5  # Not at expiry: a time to live after it.
+            assert runner.lease is not None and runner.lease.holder_pid is None
+    await runner.aclose()
 
 
 @pytest.mark.postgres

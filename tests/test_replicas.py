@@ -225,6 +225,7 @@ async def test_the_leaders_connections_terminated_a_leader_goes_on(
 ) -> None:
     async with replicas(postgres_env, pg_schema, tmp_path, 2) as group:
         leader, lease = await group.leader()
+        await group.all_running()  # Not starting: a failed start exits.
         last = await group.save(20)
         await group.assert_counted_once(20, last)
 

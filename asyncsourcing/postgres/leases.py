@@ -43,10 +43,9 @@ class PostgresLeases(Leases):
             "acquired_at timestamptz NOT NULL, holder_pid integer, "
             "PRIMARY KEY (application_name, projection_name))"
         )
-        # Free, expired, or ($6: the caller holds the session lock) backed by
-        # no session lock: the owner's session is gone, or it never had the
-        # lock (it won the race for the first row, or took an expired lease
-        # from a paused leader), so that the fast path covers the next crash.
+        # Free, expired for $7 seconds, or held by a session lock whose
+        # session is gone ($6: the caller holds that lock now, so the owner
+        # cannot).
         self.acquire_statement = (
             f"INSERT INTO {table} AS lease ({_COLUMNS}) VALUES ($1, $2, $3, 1, "
             "clock_timestamp() + make_interval(secs => $4), clock_timestamp(), $5) "
@@ -54,9 +53,9 @@ class PostgresLeases(Leases):
             "owner = excluded.owner, epoch = lease.epoch + 1, "
             "expires_at = excluded.expires_at, acquired_at = excluded.acquired_at, "
             "holder_pid = excluded.holder_pid "
-            "WHERE lease.expires_at <= clock_timestamp() OR ($6 AND ("
-            "lease.holder_pid IS NULL OR NOT EXISTS ("
-            "SELECT FROM pg_stat_activity WHERE pid = lease.holder_pid))) "
+            "WHERE lease.expires_at <= clock_timestamp() - make_interval(secs => $7) "
+            "OR ($6 AND lease.holder_pid IS NOT NULL AND NOT EXISTS ("
+            "SELECT FROM pg_stat_activity WHERE pid = lease.holder_pid)) "
             f"RETURNING {_COLUMNS}"
         )
         # An expired lease whose epoch has not moved is still the owner's:
@@ -68,7 +67,7 @@ class PostgresLeases(Leases):
             f"AND owner = $3 AND epoch = $4 RETURNING {_COLUMNS}"
         )
         self.release_statement = (
-            f"UPDATE {table} SET expires_at = to_timestamp(0), holder_pid = NULL "
+            f"UPDATE {table} SET expires_at = clock_timestamp(), holder_pid = NULL "
             "WHERE application_name = $1 AND projection_name = $2 AND owner = $3"
         )
         self.read_statement = (
@@ -122,6 +121,7 @@ class PostgresLeases(Leases):
         ttl: float,
         *,
         holder_pid: int | None = None,
+        grace: float = 0.0,
     ) -> Lease | None:
         return await self._write(
             self.acquire_statement,
@@ -131,6 +131,7 @@ class PostgresLeases(Leases):
             ttl,
             holder_pid,
             holder_pid is not None,
+            grace,
         )
 
     async def renew(self, lease: Lease, ttl: float) -> Lease | None:

@@ -55,6 +55,8 @@ class Leadership:
         if self._leases is not None and settings.fast_takeover:
             self._lock = self._leases.session_lock(application_name, projection_name)
         self._holds_lock = False
+        # When this runner first found the lock held by another.
+        self._first_try_at: float | None = None
         # A standby's wait for the lock, which has the lock's session to itself.
         self._waiting_for_lock: asyncio.Task[None] | None = None
         self.lease: Lease | None = None
@@ -80,18 +82,26 @@ class Leadership:
         """Lead if the lease can be taken now; True if this runner leads."""
         if self._leases is None:
             return True
-        if (
-            self._lock is not None
-            and not self._holds_lock
-            and self._waiting_for_lock is None
-        ):
-            self._holds_lock = await self._lock.try_acquire()
+        grace = 0.0
+        if self._lock is not None and not self._holds_lock:
+            if self._waiting_for_lock is None:
+                self._holds_lock = await self._lock.try_acquire()
+            if not self._holds_lock:
+                now = asyncio.get_running_loop().time()
+                if self._first_try_at is None:
+                    self._first_try_at = now
+                if now - self._first_try_at < self.settings.standby_interval:
+                    # The lock's holder is starting too: the first row is its.
+                    return False
+                # The lock's holder, if alive, takes an expired lease first.
+                grace = self.settings.ttl
         lease = await self._leases.acquire(
             self._application_name,
             self._projection_name,
             self.owner,
             self.settings.ttl,
             holder_pid=self._lock.pid if self._holds_lock and self._lock else None,
+            grace=grace,
         )
         if lease is None:
             return False

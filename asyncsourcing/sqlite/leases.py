@@ -50,7 +50,7 @@ class SQLiteLeases(Leases):
             f"owner = excluded.owner, epoch = {table}.epoch + 1, "
             "expires_at = excluded.expires_at, acquired_at = excluded.acquired_at, "
             "holder_pid = excluded.holder_pid "
-            f"WHERE {table}.expires_at <= {_NOW} "
+            f"WHERE {table}.expires_at <= {_NOW} - ? "
             f"OR ({table}.owner = ? AND {table}.epoch = ?) "
             f"RETURNING {_COLUMNS}"
         )
@@ -62,7 +62,7 @@ class SQLiteLeases(Leases):
             f"AND owner = ? AND epoch = ? RETURNING {_COLUMNS}"
         )
         self.release_statement = (
-            f"UPDATE {table} SET expires_at = 0, holder_pid = NULL "
+            f"UPDATE {table} SET expires_at = {_NOW}, holder_pid = NULL "
             "WHERE application_name = ? AND projection_name = ? AND owner = ?"
         )
         self.read_statement = (
@@ -111,6 +111,7 @@ class SQLiteLeases(Leases):
         ttl: float,
         *,
         holder_pid: int | None = None,
+        grace: float = 0.0,
     ) -> Lease | None:
         async with self.datastore.transaction(commit=True) as conn:
             # Read and write under the file's write lock: the owner judged
@@ -124,7 +125,15 @@ class SQLiteLeases(Leases):
             rows = list(
                 await conn.execute_fetchall(
                     self.acquire_statement,
-                    (application_name, projection_name, owner, ttl, holder_pid, *gone),
+                    (
+                        application_name,
+                        projection_name,
+                        owner,
+                        ttl,
+                        holder_pid,
+                        grace,
+                        *gone,
+                    ),
                 )
             )
         return _lease(rows[0]) if rows else None
