@@ -168,7 +168,9 @@ class SessionLock(ABC):
     @property
     @abstractmethod
     def pid(self) -> int | None:
-        """The server process id of the session, recorded in the lease."""
+        """The server process id of the session, recorded in the lease; None
+        when there is no session (never opened, closed, or lost: a lock held
+        by a lost session is lost with it)."""
 
     @abstractmethod
     async def try_acquire(self) -> bool:

@@ -23,6 +23,7 @@ import pytest
 from asyncsourcing.application import Application
 from asyncsourcing.domain import Aggregate
 from asyncsourcing.leases import FencedError, Leases
+from asyncsourcing.persistence import OperationalError
 from asyncsourcing.postgres.leases import PostgresSessionLock
 from asyncsourcing.projection import ProjectionRunner
 from examples.eventcounters.postgres import PostgresEventCounters
@@ -195,6 +196,60 @@ async def test_postgres_takeover_is_fast_when_the_leaders_session_ends(
         assert took < 1.0  # The lease's time to live is 10 s.
 
 
+async def settled_epoch(runner: Runner, quiet: float, timeout: float) -> int:
+    """The lease's epoch, once it has not changed for ``quiet`` seconds."""
+    leases, app = leases_of(runner), runner.app_name
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    epoch, since = None, loop.time()
+    while loop.time() - since < quiet:
+        assert loop.time() < deadline, f"the lease keeps changing hands: {epoch}"
+        lease = await leases.read(app, EventCountersProjection.name)
+        current = None if lease is None else lease.epoch
+        if current != epoch:
+            epoch, since = current, loop.time()
+        await asyncio.sleep(0.1)
+    assert epoch is not None
+    return epoch
+
+
+@pytest.mark.postgres
+async def test_postgres_lock_sessions_lost_one_runner_leads_on(
+    postgres_env: dict[str, str], pg_schema: str
+) -> None:
+    # Lock sessions end without their process (a pooler, a network cut):
+    # the runners take the lock again, and the lease settles with one.
+    backend = Backend(
+        "postgres", factory_env(postgres_env, pg_schema), PostgresEventCounters
+    )
+    first, second = backend.runner(), backend.runner()
+    async with running(first, second):
+        lock = leases_of(first).session_lock(
+            first.app_name, EventCountersProjection.name
+        )
+        assert isinstance(lock, PostgresSessionLock)
+        async with admin_connection(postgres_env) as admin:
+            for expected in (2, 1):
+                terminated = await admin.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_locks "
+                    "WHERE locktype = 'advisory' AND (classid::bigint << 32 "
+                    "| objid::bigint) = hashtextextended($1, 0)",
+                    lock.key,
+                )
+                # First the leader's and the standby's wait; then whichever
+                # took the lock again meanwhile, at least.
+                assert terminated >= expected
+                await asyncio.sleep(1.0)
+        # Lost sessions count as crashes: the lease may change hands once
+        # or twice, then it stays put for longer than a renewal interval.
+        await settled_epoch(first, quiet=4.0, timeout=20)
+        assert sorted([first.role, second.role]) == ["leader", "standby"]
+        last = await save_created(first.app, 5)
+        await first.wait(last, timeout=5)
+        await second.wait(last, timeout=5)
+        assert await first.view.get_created_event_counter() == 5
+
+
 @pytest.mark.postgres
 async def test_postgres_an_expired_lease_is_left_to_the_lock_holder_for_a_while(
     postgres_env: dict[str, str], pg_schema: str
@@ -298,6 +353,27 @@ async def test_sqlite_takes_over_at_once_from_a_process_that_has_exited(
         assert elsewhere is not None
         assert await leases.acquire(app, projection, f"{host}:1:f", 60) is None
     finally:
+        await runner.aclose()
+
+
+@pytest.mark.postgres
+async def test_postgres_a_lock_that_cannot_connect_raises_a_database_error(
+    postgres_env: dict[str, str], pg_schema: str
+) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # Nothing listens there once closed.
+    env = {**factory_env(postgres_env, pg_schema), "POSTGRES_PORT": str(port)}
+    runner = Backend("postgres", env, PostgresEventCounters).runner()
+    lock = leases_of(runner).session_lock(runner.app_name, "eventcounters")
+    assert lock is not None
+    try:
+        # Not the driver's ConnectionRefusedError: the runner's policies
+        # know database errors.
+        with pytest.raises(OperationalError):
+            await lock.try_acquire()
+    finally:
+        await lock.aclose()
         await runner.aclose()
 
 

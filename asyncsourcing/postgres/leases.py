@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from asyncsourcing.leases import FencedError, Lease, Leases, Presence, SessionLock
-from asyncsourcing.postgres.errors import translate_errors
+from asyncsourcing.postgres.errors import translate_connect_errors, translate_errors
 from asyncsourcing.postgres.identifiers import qualified
 
 if TYPE_CHECKING:
@@ -230,7 +230,9 @@ class PostgresSessionLock(SessionLock):
 
     @property
     def pid(self) -> int | None:
-        return None if self._conn is None else self._conn.get_server_pid()
+        if self._conn is None or self._conn.is_closed():
+            return None  # No session, so no lock: it ended with its session.
+        return self._conn.get_server_pid()
 
     async def try_acquire(self) -> bool:
         conn = await self._connection()
@@ -269,7 +271,7 @@ class PostgresSessionLock(SessionLock):
     async def _connection(self) -> asyncpg.Connection[Any]:
         if self._conn is None or self._conn.is_closed():
             settings = self._datastore.settings
-            with translate_errors():
+            with translate_connect_errors():
                 conn = await asyncpg.connect(**settings.connect_kwargs(listen=True))
                 try:
                     await conn.execute(f"SET lock_timeout = '{_LOCK_WAIT_STEP}s'")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 from datetime import UTC, datetime
@@ -82,10 +83,14 @@ class Leadership:
         """Lead if the lease can be taken now; True if this runner leads."""
         if self._leases is None:
             return True
+        self._forget_lost_lock()
         grace = 0.0
         if self._lock is not None and not self._holds_lock:
             if self._waiting_for_lock is None:
-                self._holds_lock = await self._lock.try_acquire()
+                try:
+                    self._holds_lock = await self._lock.try_acquire()
+                except PersistenceError as error:
+                    self._lock_failed(error)
             if not self._holds_lock:
                 now = asyncio.get_running_loop().time()
                 if self._first_try_at is None:
@@ -126,8 +131,9 @@ class Leadership:
                     await asyncio.wait({waiting}, timeout=interval)
                     if waiting.done():
                         self._waiting_for_lock = None
-                        waiting.result()
-                        self._holds_lock = True
+                        self._holds_lock = self._lock_result(waiting)
+                        if not self._holds_lock:  # Not in a tight loop.
+                            await asyncio.sleep(interval)
                 else:
                     await asyncio.sleep(self.settings.standby_interval)
         finally:
@@ -160,8 +166,7 @@ class Leadership:
             started = loop.time()
             try:
                 lease = await asyncio.wait_for(
-                    self._leases.renew(self.lease, self.settings.ttl),
-                    max(0.001, deadline - started),
+                    self._renew(self.lease), max(0.001, deadline - started)
                 )
             except (PersistenceError, TimeoutError) as error:
                 logger.warning(
@@ -197,6 +202,49 @@ class Leadership:
                 await asyncio.wait_for(
                     self._role_changed.wait(), self.settings.renew_interval
                 )
+
+    async def _renew(self, lease: Lease) -> Lease | None:
+        """Renew ``lease``, with the lock's session as it is now: a leader
+        that lost its lock's session takes the lock again if it is free."""
+        assert self._leases is not None
+        self._forget_lost_lock()
+        if self._lock is not None and not self._holds_lock:
+            # Only the fast path is at stake: renew the lease all the same.
+            with contextlib.suppress(PersistenceError):
+                self._holds_lock = await self._lock.try_acquire()
+        holder_pid = self._lock.pid if self._lock and self._holds_lock else None
+        if holder_pid != lease.holder_pid:
+            lease = dataclasses.replace(lease, holder_pid=holder_pid)
+        return await self._leases.renew(lease, self.settings.ttl)
+
+    def _lock_result(self, waiting: asyncio.Task[None]) -> bool:
+        """Whether the wait for the lock got it; False if its session failed."""
+        try:
+            waiting.result()
+        except PersistenceError as error:
+            self._lock_failed(error)
+            return False
+        return True
+
+    def _lock_failed(self, error: PersistenceError) -> None:
+        # The lock only makes takeover fast: stand by on the lease alone,
+        # and try the lock again with a new session next time.
+        logger.warning(
+            "Runner %s cannot hold projection %r's lock (%s); trying again",
+            self.owner,
+            self._projection_name,
+            error,
+        )
+
+    def _forget_lost_lock(self) -> None:
+        """A lock held by a session that has ended is held no more."""
+        if self._holds_lock and self._lock is not None and self._lock.pid is None:
+            self._holds_lock = False
+            logger.warning(
+                "Runner %s lost the session of projection %r's lock",
+                self.owner,
+                self._projection_name,
+            )
 
     def lost(self, reason: str) -> None:
         """A view transaction found the lease taken over: stand by."""
