@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks import progress, takeover
+from benchmarks import progress, soak, takeover
 from benchmarks.config import BACKENDS
 from benchmarks.report import (
     markdown_table,
@@ -111,11 +111,12 @@ def _write_results(report: Report, path: Path, command: str) -> None:
     notes = Path(__file__).with_name("NOTES.md")
     if notes.exists():
         text += "\n" + notes.read_text()
-    # So does the takeover section, which only `takeover` runs write.
+    # So do the takeover and soak sections, which only their own runs write.
     if path.exists():
-        kept = takeover.kept_section(path.read_text())
-        if kept:
-            text += "\n" + kept
+        old = path.read_text()
+        for kept in (takeover.kept_section(old), soak.kept_section(old)):
+            if kept:
+                text += "\n" + kept
     path.write_text(text)
     progress.log(f"wrote {path}" + "".join(f", {p}" for p in plots))
 
@@ -124,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(argv) if argv is not None else sys.argv[1:]
     if words[:1] == ["takeover"]:
         return takeover.main(words[1:])
+    if words[:1] == ["soak"]:
+        return soak.main(words[1:])
     args = parse_args(argv)
     progress.quiet = args.quiet
     progress.reset_clock()

@@ -49,7 +49,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import progress
+from benchmarks import progress, sections
 from benchmarks.fencing import (
     EVENTSOURCING,
     WITH_LEADERSHIP,
@@ -314,23 +314,12 @@ def section(run: Run) -> str:
 
 def kept_section(text: str) -> str:
     """The takeover section of a RESULTS.md's ``text`` (markers included), or ""."""
-    begin = text.find(SECTION_BEGIN)
-    end = text.find(SECTION_END, begin)
-    if begin < 0 or end < 0:
-        return ""
-    return text[begin : end + len(SECTION_END)] + "\n"
+    return sections.kept_section(text, SECTION_BEGIN, SECTION_END)
 
 
 def write_section(path: Path, text: str) -> None:
     """Put ``text`` in place of the takeover section of ``path``, or at its end."""
-    old = path.read_text() if path.exists() else ""
-    kept = kept_section(old)
-    if kept:
-        new = old.replace(kept, text)
-    else:
-        new = old + ("\n" if old and not old.endswith("\n\n") else "") + text
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new)
+    sections.write_section(path, text, SECTION_BEGIN, SECTION_END)
     log(f"wrote the takeover section of {path}")
 
 
