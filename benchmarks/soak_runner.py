@@ -38,6 +38,7 @@ from typing import Any
 from asyncsourcing.persistence import Tracking
 from asyncsourcing.policies import Backoff, ErrorPolicy
 from asyncsourcing.projection import ProjectionRunner
+from asyncsourcing.statistics import RunnerStatistics
 from tests.faults_support import Counters, PostgresRecordingView, RecordingProjection
 
 __all__ = ["POLICIES", "projection_class", "projection_name"]
@@ -119,6 +120,13 @@ class _LeadershipLog(logging.Handler):
                 self.fenced += 1
 
 
+def add_counts(counts: dict[str, int], snapshot: RunnerStatistics) -> None:
+    """Add a runner's counters (``runner.counters()``) to ``counts``."""
+    counts["processed"] += snapshot.events_processed
+    for name in ("errors", "retries", "skipped", "parked", "reconnections"):
+        counts[name] += getattr(snapshot, name)
+
+
 async def _run(policy: str) -> None:
     cls = projection_class(policy)
     loop = asyncio.get_running_loop()
@@ -144,16 +152,14 @@ async def _run(policy: str) -> None:
 
     def report(final: bool = False) -> None:
         counts = dict(totals)
-        if runner is not None:
-            c = runner._counters  # The runner's live counters: no IO.
-            for name in ("processed", "errors", "retries", "skipped", "parked"):
-                counts[name] += getattr(c, name)
-            counts["reconnections"] += c.reconnections
+        snapshot = None if runner is None else runner.counters()  # No IO.
+        if snapshot is not None:
+            add_counts(counts, snapshot)
         line = {
             "pid": os.getpid(),
             "final": final,
-            "role": None if runner is None else str(runner.role),
-            "owner": None if runner is None else runner._leadership.owner,
+            "role": None if snapshot is None else snapshot.role,
+            "owner": None if snapshot is None else snapshot.owner,
             **counts,
             "restarts": len(restarts),
             "restart_errors": restarts[-20:],
@@ -194,10 +200,7 @@ async def _run(policy: str) -> None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), 0.2)
             finally:
-                c = runner._counters
-                for name in ("processed", "errors", "retries", "skipped", "parked"):
-                    totals[name] += getattr(c, name)
-                totals["reconnections"] += c.reconnections
+                add_counts(totals, runner.counters())
                 runner = None
     finally:
         reporter.cancel()

@@ -238,10 +238,10 @@ async def _execute(
     progress: ProgressLine,
 ) -> int:
     # In the event loop: the recorders may make asyncio objects.
-    parts = construct_runner(target, env)
+    runner = construct_runner(target, env)
     if args.command == "run":
-        return await run_command(args, parts, progress)
-    return await status_command(parts, as_json=args.json)
+        return await run_command(args, runner, progress)
+    return await status_command(runner, as_json=args.json)
 
 
 def _packages(args: argparse.Namespace) -> set[str]:

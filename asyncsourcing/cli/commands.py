@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from asyncsourcing.cli.config import RunnerParts
 from asyncsourcing.cli.progress import (
     PIPE_INTERVAL,
     TTY_INTERVAL,
@@ -66,11 +65,13 @@ async def report_progress(
 
 
 async def run_command(
-    args: argparse.Namespace, parts: RunnerParts, progress: ProgressLine
+    args: argparse.Namespace,
+    runner: BaseProjectionRunner[Any],
+    progress: ProgressLine,
 ) -> int:
     """Run the projection until a signal, the timeout or an error."""
     interval = args.interval or (TTY_INTERVAL if progress.is_tty else PIPE_INTERVAL)
-    runner, recorder, topics = parts.runner, parts.recorder, parts.topics
+    recorder, topics = runner.tracking_recorder, runner.topics
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     signals_received: list[str] = []
@@ -93,7 +94,7 @@ async def run_command(
             handled.append(signum)
     try:
         async with runner:
-            logger.info("Running %s of %s", parts.projection_name, runner.app_name)
+            logger.info("Running %s of %s", runner.projection_name, runner.app_name)
             reporter = None
             if args.progress:
                 reporter = asyncio.create_task(
@@ -183,23 +184,23 @@ class Status:
         return "".join(f"{label + ':':<{width}}{value}\n" for label, value in rows)
 
 
-async def read_status(parts: RunnerParts) -> Status:
-    """The status of the projection of ``parts``, processing nothing."""
-    runner = parts.runner
-    sample = await take_sample(runner.app, parts.recorder, parts.topics)
+async def read_status(runner: BaseProjectionRunner[Any]) -> Status:
+    """The status of the projection of ``runner``, processing nothing."""
+    recorder = runner.tracking_recorder
+    sample = await take_sample(runner.app, recorder, runner.topics)
     status = Status(
         application=runner.app_name,
-        projection=parts.projection_name,
+        projection=runner.projection_name,
         position=sample.position,
         max_notification_id=sample.head,
         lag=sample.lag,
     )
-    leases = parts.recorder.leases
+    leases = recorder.leases
     if leases is None:
         return status  # In memory: no runner of another process to name.
     try:
-        lease = await leases.read(runner.app_name, parts.projection_name)
-        present = await leases.present(runner.app_name, parts.projection_name)
+        lease = await leases.read(runner.app_name, runner.projection_name)
+        present = await leases.present(runner.app_name, runner.projection_name)
     except PersistenceError as error:
         # No runner with leadership has run here: the tables do not exist.
         logger.debug("Cannot read the projection's lease: %s", error)
@@ -210,20 +211,22 @@ async def read_status(parts: RunnerParts) -> Status:
     return dataclasses.replace(status, standbys=standbys)
 
 
-async def status_command(parts: RunnerParts, *, as_json: bool = False) -> int:
+async def status_command(
+    runner: BaseProjectionRunner[Any], *, as_json: bool = False
+) -> int:
     """Print the view's position and lag, processing nothing.
 
-    ``parts`` is a runner that is never started: it constructs the app and
-    the view exactly as ``run`` does, from the same environment.
+    ``runner`` is never started: it constructs the app and the view exactly
+    as ``run`` does, from the same environment; it is closed here.
     """
     try:
-        status = await read_status(parts)
+        status = await read_status(runner)
     except Exception as error:
         logger.debug("asyncsourcing status failed", exc_info=error)
         print(f"asyncsourcing status: error: {describe(error)}", file=sys.stderr)
         return EXIT_ERROR
     finally:
-        await parts.runner.aclose()
+        await runner.close()
     if as_json:
         print(json.dumps(status.as_dict()))
     else:

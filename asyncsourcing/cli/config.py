@@ -27,7 +27,6 @@ from asyncsourcing.utils import Environment, TopicError, resolve_topic
 
 __all__ = [
     "Backend",
-    "RunnerParts",
     "Target",
     "UsageError",
     "compose_env",
@@ -277,20 +276,15 @@ def topic_of(cls: type[Any]) -> str:
 # --- runners -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RunnerParts:
-    """A runner and what the CLI reads beside it."""
-
-    runner: BaseProjectionRunner[Any]
-    recorder: TrackingRecorder
-    """Where the projection records its positions: the view, or the
-    event-sourced projection's process recorder."""
-    topics: tuple[str, ...]
-    projection_name: str
-
-
-def construct_runner(target: Target, env: Mapping[str, str]) -> RunnerParts:
+def construct_runner(
+    target: Target, env: Mapping[str, str]
+) -> BaseProjectionRunner[Any]:
     """A runner for ``target``, not started: no IO yet.
+
+    The commands read what they need beside it from its public properties
+    (:attr:`~BaseProjectionRunner.tracking_recorder`,
+    :attr:`~BaseProjectionRunner.topics`,
+    :attr:`~BaseProjectionRunner.projection_name`).
 
     Raises :class:`UsageError` when the configuration is wrong (an
     :class:`~eventsourcing.persistence.InfrastructureFactoryError`: a view
@@ -303,27 +297,20 @@ def construct_runner(target: Target, env: Mapping[str, str]) -> RunnerParts:
         raise _configuration_error(error, target, env) from error
 
 
-def _construct_runner(target: Target, env: Mapping[str, str]) -> RunnerParts:
+def _construct_runner(
+    target: Target, env: Mapping[str, str]
+) -> BaseProjectionRunner[Any]:
     projection_class = target.projection_class
     if issubclass(projection_class, EventSourcedProjection):
-        es_runner = EventSourcedProjectionRunner[Any, Any](
+        return EventSourcedProjectionRunner[Any, Any](
             application_class=target.application_class,
             projection_class=projection_class,
             env=env,
         )
-        es_projection = es_runner.projection
-        return RunnerParts(
-            es_runner,
-            es_projection.recorder,
-            tuple(es_projection.topics),
-            es_projection.name,
-        )
     assert target.view_class is not None  # resolve_target() sees to it
-    runner = ProjectionRunner[Any, Any](
+    return ProjectionRunner[Any, Any](
         application_class=target.application_class,
         projection_class=projection_class,
         view_class=target.view_class,
         env=env,
     )
-    projection = runner.projection
-    return RunnerParts(runner, runner.view, tuple(projection.topics), projection.name)

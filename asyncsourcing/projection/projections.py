@@ -115,6 +115,16 @@ class EventSourcedProjection(Application[TAggregateID], ABC):
         self._notify(recordings)
         return recordings
 
+    async def record_tracking(self, tracking: Tracking) -> list[Any]:
+        """Record ``tracking`` alone, with no new events: an event that the
+        projection has not processed (skipped by the error policy, or
+        filtered out by its topics) counts as processed.
+
+        Raises :class:`~asyncsourcing.persistence.IntegrityError` when the
+        position is recorded already.
+        """
+        return await self._record(ProcessingEvent[TAggregateID](tracking=tracking))
+
     @abstractmethod
     async def policy(
         self,

@@ -7,12 +7,11 @@ import contextlib
 import logging
 import os
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, cast
 
-from eventsourcing.application import ProcessingEvent
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.utils import Environment, EnvType, strtobool
 
@@ -158,6 +157,26 @@ class BaseProjectionRunner(Generic[TApplication]):
         self._filtered_recorded_at = float("-inf")
 
     @staticmethod
+    def _with_defaults(
+        env: EnvType | None, env_defaults: Mapping[str, str] | None
+    ) -> EnvType | None:
+        """``env`` with the ``env_defaults`` that the process environment lacks.
+
+        Laid over the process environment (by :meth:`_construct_env` and by
+        the application), it gives each variable name the precedence
+        ``env`` > :data:`os.environ` > ``env_defaults``. Per name, as for the
+        application's class attribute ``env``: a prefixed default
+        (``EVENTCOUNTERS_X``) still wins over a plain ``X`` of the process
+        environment.
+        """
+        if not env_defaults:
+            return env
+        merged = {k: v for k, v in env_defaults.items() if k not in os.environ}
+        if env is not None:
+            merged.update(env)
+        return merged
+
+    @staticmethod
     def _construct_env(name: str, env: EnvType | None = None) -> Environment:
         """The projection's configuration: the process environment, then ``env``."""
         _env: dict[str, str] = dict(os.environ)
@@ -204,7 +223,30 @@ class BaseProjectionRunner(Generic[TApplication]):
 
     @property
     def is_running(self) -> bool:
+        """Whether the runner's task is processing (or standing by)."""
         return self._task is not None and not self._task.done()
+
+    @property
+    def tracking_recorder(self) -> TrackingRecorder:
+        """Where the projection's positions are recorded: the view of a
+        :class:`ProjectionRunner`, the process recorder of the projection of
+        an :class:`EventSourcedProjectionRunner`.
+
+        Read-only; it answers :meth:`~TrackingRecorder.max_tracking_id` and
+        its ``leases`` (None in memory) name the projection's runners.
+        """
+        return self._tracking_recorder
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """The topics of the events the projection processes; empty: all."""
+        return self._topics
+
+    @property
+    def projection_name(self) -> str:
+        """The projection's name: the prefix of its environment variables,
+        and its name in leases and :class:`RunnerStatistics`."""
+        return self._projection_name
 
     async def start(self) -> None:
         """Subscribe from the view's position and start processing; idempotent."""
@@ -721,6 +763,27 @@ class BaseProjectionRunner(Generic[TApplication]):
             max_notification_id = await self.app.recorder.max_notification_id()
             is_readable = True
         # From here on, no await: the counters of one moment.
+        return self._snapshot(recorded, max_notification_id, is_readable=is_readable)
+
+    def counters(self) -> RunnerStatistics:
+        """What the runner has done since it started, without IO.
+
+        The snapshot of :meth:`statistics` from the runner's counters alone,
+        taken in one step: :attr:`~RunnerStatistics.position` is the runner's
+        own count (not the view's record, which may be ahead), and
+        :attr:`~RunnerStatistics.lag` is None (not read). Cheap enough to
+        call as often as wished, from synchronous code too.
+        """
+        return self._snapshot(None, None, is_readable=False)
+
+    def _snapshot(
+        self,
+        recorded: int | None,
+        max_notification_id: int | None,
+        *,
+        is_readable: bool,
+    ) -> RunnerStatistics:
+        """The counters of one moment, with what was read: no await."""
         counters = self._counters
         leadership = self._leadership
         position = counters.position
@@ -814,8 +877,15 @@ class BaseProjectionRunner(Generic[TApplication]):
         )
         raise ProjectionStoppedError(msg) from error
 
-    async def aclose(self) -> None:
-        """Stop, wait for the event in hand, and close what the runner holds."""
+    async def close(self) -> None:
+        """Stop, wait for the event in hand, and close what the runner holds.
+
+        Releases the lease, ends the subscription and closes the
+        application's and the view's (or the projection's) connections.
+        Idempotent; a closed runner cannot be started again. Leaving
+        ``async with`` and a :meth:`run_forever` that started the runner
+        call it; :meth:`aclose` is the same.
+        """
         if self._is_closed:
             return
         self._is_closed = True
@@ -841,6 +911,11 @@ class BaseProjectionRunner(Generic[TApplication]):
                 await self._unsubscribe()
                 await self.app.close()
                 await self._close_projection()
+
+    async def aclose(self) -> None:
+        """The same as :meth:`close` (the name of :mod:`contextlib`'s
+        ``aclosing()``)."""
+        await self.close()
 
     async def _close_projection(self) -> None:
         """Close the view's or the projection's connections."""
@@ -873,6 +948,9 @@ class ProjectionRunner(
     The view is constructed by the infrastructure factory of the projection's
     environment (variables prefixed with the projection's name win), the
     application by its own.
+
+    Each variable is taken from ``env``, else the process environment, else
+    ``env_defaults``: defaults that the process environment overrides.
     """
 
     def __init__(
@@ -882,8 +960,10 @@ class ProjectionRunner(
         projection_class: type[Projection[TView]],
         view_class: type[TView],
         env: EnvType | None = None,
+        env_defaults: Mapping[str, str] | None = None,
         error_policy: ErrorPolicyLike | None = None,
     ) -> None:
+        env = self._with_defaults(env, env_defaults)
         self.factory: InfrastructureFactory[TView] = InfrastructureFactory.construct(
             self._construct_env(projection_class.name, env)
         )
@@ -919,6 +999,9 @@ class EventSourcedProjectionRunner(
 
     One event per transaction: the projection's repository may cache
     aggregates that a rolled-back batch would leave wrong.
+
+    Each variable is taken from ``env``, else the process environment, else
+    ``env_defaults``: defaults that the process environment overrides.
     """
 
     max_batch_size = 1
@@ -929,8 +1012,10 @@ class EventSourcedProjectionRunner(
         application_class: type[TApplication],
         projection_class: type[TEventSourcedProjection],
         env: EnvType | None = None,
+        env_defaults: Mapping[str, str] | None = None,
         error_policy: ErrorPolicyLike | None = None,
     ) -> None:
+        env = self._with_defaults(env, env_defaults)
         self.projection: TEventSourcedProjection = projection_class(
             env=self._construct_env(projection_class.name, env)
         )
@@ -949,7 +1034,7 @@ class EventSourcedProjectionRunner(
 
     async def _record_skipped(self, tracking: Tracking) -> None:
         """An empty processing event: the tracking, no new events."""
-        await self.projection._record(ProcessingEvent[Any](tracking=tracking))
+        await self.projection.record_tracking(tracking)
 
     def _rolled_back(self) -> None:
         """Forget cached aggregates: they may hold events that were not recorded."""
