@@ -17,7 +17,7 @@ first. For ``--duration`` seconds it runs together:
   ``--replicas`` processes (``python -m benchmarks.soak_runner``) under a
   role of their own: one leads by the projection's lease, the others stand
   by. Its view records every processed notification id with its tracking
-  (tests/faults_support.py). The processes print their runners' counters;
+  (tests/support/faults.py). The processes print their runners' counters;
   a process that exits unexpectedly is counted and replaced;
 * waiter tasks (``--waiters`` per policy), on datastores of their own, awaiting
   ``view.wait()`` for positions just acknowledged;
@@ -82,7 +82,7 @@ from asyncsourcing.utils import Environment
 from benchmarks import sections
 from benchmarks.server import DURABILITY_SETTINGS, describe_durability
 from benchmarks.soak_runner import POLICIES, projection_name
-from tests.faults_support import Counter, Counters, PostgresRecordingView
+from tests.support.faults import Counter, Counters, PostgresRecordingView
 
 logger = logging.getLogger("soak")
 

@@ -39,7 +39,7 @@ from asyncsourcing.persistence import Tracking
 from asyncsourcing.policies import Backoff, ErrorPolicy
 from asyncsourcing.projection import ProjectionRunner
 from asyncsourcing.statistics import RunnerStatistics
-from tests.faults_support import Counters, PostgresRecordingView, RecordingProjection
+from tests.support.faults import Counters, PostgresRecordingView, RecordingProjection
 
 __all__ = ["POLICIES", "projection_class", "projection_name"]
 
@@ -76,7 +76,7 @@ PAUSES = _Pauses()
 
 
 class SoakProjection(RecordingProjection):
-    """Records every event (tests/faults_support.py), pausing when asked."""
+    """Records every event (tests/support/faults.py), pausing when asked."""
 
     async def process_event(self, domain_event: Any, tracking: Tracking) -> None:
         if PAUSES.requested:

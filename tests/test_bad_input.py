@@ -48,15 +48,13 @@ from eventsourcing.utils import TopicError, get_topic
 
 from asyncsourcing.postgres import PostgresFactory, PostgresSettingsError
 from asyncsourcing.projection import ProjectionRunner
-from tests.faults_support import (
+from tests.support.faults import (
     Counter,
     Counters,
     PostgresRecordingView,
     RecordingProjection,
 )
-from tests.test_postgres_support import admin_connection, factory_env, pg_schema
-
-__all__ = ["pg_schema"]
+from tests.support.postgres import admin_connection, factory_env
 
 SECRET = "s3cr3t-Pa55word"
 MINIMAL = {

@@ -18,11 +18,8 @@ from examples.eventcounters.projection import (
     SpannerThrown,
     SpannerThrownError,
 )
-from tests.batch_counting import PostgresCountingBatches, SQLiteCountingBatches
-from tests.test_postgres_support import factory_env, pg_schema
-
-__all__ = ["pg_schema"]  # A fixture, for the Postgres runs.
-
+from tests.support.batches import PostgresCountingBatches, SQLiteCountingBatches
+from tests.support.postgres import factory_env
 
 CountingBatches = SQLiteCountingBatches | PostgresCountingBatches
 Backend = tuple[dict[str, str], type[CountingBatches]]

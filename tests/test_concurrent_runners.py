@@ -26,9 +26,7 @@ from asyncsourcing.projection import ProjectionRunner
 from examples.eventcounters.postgres import PostgresEventCounters
 from examples.eventcounters.projection import EventCountersProjection
 from examples.eventcounters.sqlite import SQLiteEventCounters
-from tests.test_postgres_support import factory_env, pg_schema
-
-__all__ = ["pg_schema"]  # A fixture, for the Postgres runs.
+from tests.support.postgres import factory_env
 
 RUNNERS = 3
 SAVES_PER_RUNNER = 20

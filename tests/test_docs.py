@@ -31,7 +31,7 @@ from uuid import uuid4
 
 import pytest
 
-from tests.test_postgres_support import admin_connection, quote
+from tests.support.postgres import admin_connection, quote
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

@@ -33,69 +33,7 @@ from examples.eventcounters.projection import (
     SpannerThrownError,
 )
 from examples.eventcounters.views import POPOEventCounters
-from tests.batch_counting import PostgresCountingBatches, SQLiteCountingBatches
-from tests.test_postgres_support import factory_env, pg_schema
-
-__all__ = ["pg_schema"]  # A fixture used here, imported from the support module.
-
-BACKENDS = ["popo", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
-VIEW_CLASSES: dict[str, type[Any]] = {
-    "popo": POPOEventCounters,
-    "sqlite": SQLiteCountingBatches,
-    "postgres": PostgresCountingBatches,
-}
-
-
-class Backend:
-    def __init__(self, name: str, env: dict[str, str]) -> None:
-        self.name = name
-        self.env = env
-        self.view_class = VIEW_CLASSES[name]
-
-    def runner(
-        self,
-        error_policy: Any = None,
-        projection_class: type[Any] = EventCountersProjection,
-        view_class: type[Any] | None = None,
-    ) -> ProjectionRunner[Any, Any]:
-        return ProjectionRunner(
-            application_class=Application[UUID],
-            projection_class=projection_class,
-            view_class=view_class or self.view_class,
-            env=self.env,
-            error_policy=error_policy,
-        )
-
-
-def backend_env(
-    name: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> dict[str, str]:
-    if name == "popo":
-        return {"PERSISTENCE_MODULE": "asyncsourcing.popo"}
-    if name == "sqlite":
-        return {
-            "PERSISTENCE_MODULE": "asyncsourcing.sqlite",
-            "SQLITE_DBNAME": str(tmp_path / "app.sqlite"),
-            "EVENTCOUNTERS_SQLITE_DBNAME": str(tmp_path / "view.sqlite"),
-        }
-    postgres_env: dict[str, str] = request.getfixturevalue("postgres_env")
-    schema: str = request.getfixturevalue("pg_schema")
-    return factory_env(postgres_env, schema)
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    SQLiteCountingBatches.batches = PostgresCountingBatches.batches = 0
-    return Backend(request.param, backend_env(request.param, request, tmp_path))
-
-
-def aggregate_with(*event_classes: type[Aggregate.Event]) -> Aggregate:
-    aggregate = Aggregate()
-    for event_class in event_classes:
-        aggregate.trigger_event(event_class)
-    return aggregate
+from tests.support.backends import Backend, aggregate_with, backend_env
 
 
 async def save_before_start(runner: ProjectionRunner[Any, Any]) -> tuple[int, int]:

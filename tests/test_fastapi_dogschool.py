@@ -26,11 +26,10 @@ from fastapi import FastAPI
 from asyncsourcing.testing.asgi import LifespanApp, running_lifespan
 from examples.fastapi_dogschool import __main__ as service_main
 from examples.fastapi_dogschool.app import create_app
-from tests.test_postgres_support import factory_env, pg_schema
+from tests.support.postgres import factory_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["pg_schema"]  # A fixture used here, imported from the support module.
 
 BACKENDS = [
     "popo",

@@ -36,16 +36,8 @@ from examples.dogschool.application import DogSchool
 from examples.dogschool.projections import DOGS, TRICKS, DogCountersProjection
 from examples.dogschool.views import CountersView
 from examples.fastapi_dogschool.app import create_app, view_class_for
+from tests.support.postgres import admin_connection, factory_env, our_connections, quote
 from tests.test_fastapi_dogschool import served
-from tests.test_postgres_support import (
-    admin_connection,
-    factory_env,
-    our_connections,
-    pg_schema,
-    quote,
-)
-
-__all__ = ["pg_schema"]  # A fixture used here, imported from the support module.
 
 pytest.importorskip("uvicorn")
 

@@ -27,15 +27,13 @@ from typing import Any
 import pytest
 
 from asyncsourcing.projection import ProjectionRunner
-from tests.faults_support import (
+from tests.support.faults import (
     Counters,
     PostgresRecordingView,
     RecordingProjection,
     SQLiteRecordingView,
 )
-from tests.test_postgres_support import factory_env, our_connections, pg_schema
-
-__all__ = ["pg_schema"]
+from tests.support.postgres import factory_env, our_connections
 
 STEP = 0.002  # Seconds between two offsets of cancellation.
 MIN_SPAN = 0.06  # Seconds of start covered at least.

@@ -21,22 +21,14 @@ import pytest
 
 from asyncsourcing.persistence import IntegrityError
 from asyncsourcing.projection import ProjectionRunner
-from tests.faults_support import (
+from tests.support.faults import (
     Counter,
     Counters,
     PostgresRecordingView,
     RecordingProjection,
     check_exactly_once,
 )
-from tests.test_postgres_support import (
-    admin_connection,
-    factory_env,
-    our_connections,
-    pg_schema,
-    quote,
-)
-
-__all__ = ["pg_schema"]
+from tests.support.postgres import admin_connection, factory_env, our_connections, quote
 
 pytestmark = pytest.mark.postgres
 

@@ -18,16 +18,14 @@ from pathlib import Path
 import pytest
 
 from asyncsourcing.projection import ProjectionRunner
-from tests.faults_support import (
+from tests.support.faults import (
     Counters,
     PostgresRecordingView,
     RecordingProjection,
     check_exactly_once,
     write_events,
 )
-from tests.test_postgres_support import admin_connection, factory_env, pg_schema, quote
-
-__all__ = ["pg_schema"]
+from tests.support.postgres import admin_connection, factory_env, quote
 
 pytestmark = pytest.mark.postgres
 
@@ -53,7 +51,7 @@ async def test_concurrent_writers_in_two_processes_are_projected_exactly_once(
             child = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "tests.faults_support",
+                "tests.support.faults",
                 "writer",
                 str(TASKS_PER_PROCESS),
                 str(EVENTS_PER_TASK),

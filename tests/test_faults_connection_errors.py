@@ -49,17 +49,15 @@ from asyncsourcing.projection import (
     ProjectionStoppedError,
 )
 from asyncsourcing.sqlite.datastore import translate_error as translate_sqlite_error
-from tests.faults_support import (
+from tests.support.faults import (
     Counter,
     Counters,
     PostgresRecordingView,
     SQLiteRecordingView,
     check_exactly_once,
 )
-from tests.test_postgres_support import admin_connection, factory_env, pg_schema
-from tests.test_postgres_support import settings as postgres_settings
-
-__all__ = ["pg_schema"]
+from tests.support.postgres import admin_connection, factory_env
+from tests.support.postgres import settings as postgres_settings
 
 POLICIES_THAT_RECONNECT: dict[str, ErrorPolicyLike] = {
     "skip, reconnecting": ErrorPolicy.skip(reconnect=True),

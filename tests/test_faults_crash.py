@@ -25,16 +25,14 @@ import pytest
 
 from asyncsourcing.persistence import InfrastructureFactory
 from asyncsourcing.utils import Environment
-from tests.faults_support import (
+from tests.support.faults import (
     Counter,
     Counters,
     PostgresRecordingView,
     SQLiteRecordingView,
     check_exactly_once,
 )
-from tests.test_postgres_support import factory_env, pg_schema
-
-__all__ = ["pg_schema"]
+from tests.support.postgres import factory_env
 
 ROOT = Path(__file__).resolve().parent.parent
 N_EVENTS = 6000
@@ -54,7 +52,7 @@ async def start_runner(env: dict[str, str], backend: str, delay: float) -> Any:
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests.faults_support",
+        "tests.support.faults",
         "runner",
         backend,
         str(delay),

@@ -34,9 +34,7 @@ from examples.eventcounters.postgres import PostgresEventCounters
 from examples.eventcounters.projection import EventCountersProjection
 from examples.eventcounters.sqlite import SQLiteEventCounters
 from examples.eventcounters.views import POPOEventCounters
-from tests.test_postgres_support import factory_env, pg_schema
-
-__all__ = ["pg_schema"]  # A fixture, for the Postgres runs.
+from tests.support.postgres import factory_env
 
 Runner = ProjectionRunner[Application[UUID], Any]
 

@@ -29,9 +29,7 @@ from asyncsourcing.projection import ProjectionRunner
 from examples.eventcounters.postgres import PostgresEventCounters
 from examples.eventcounters.projection import EventCountersProjection
 from examples.eventcounters.sqlite import SQLiteEventCounters
-from tests.test_postgres_support import admin_connection, factory_env, pg_schema, quote
-
-__all__ = ["pg_schema"]  # A fixture, for the Postgres runs.
+from tests.support.postgres import admin_connection, factory_env, quote
 
 Runner = ProjectionRunner[Application[UUID], Any]
 

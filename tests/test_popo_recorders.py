@@ -9,7 +9,7 @@ import pytest
 
 from asyncsourcing.persistence import InfrastructureFactory
 from asyncsourcing.popo import POPOFactory
-from tests.suites import (
+from tests.support.suites import (
     AggregateRecorderSuite,
     ApplicationRecorderSuite,
     ProcessRecorderSuite,

@@ -1,6 +1,6 @@
 """Coalesced writes on PostgreSQL: saves that arrive together share a transaction.
 
-Their effect and errors, the same as separate saves', are in tests/suites.py."""
+Their effect and errors, the same as separate saves', are in tests/support/suites.py."""
 
 from __future__ import annotations
 
@@ -16,9 +16,7 @@ from asyncsourcing.coalescing import WriteCoalescer
 from asyncsourcing.domain import Aggregate
 from asyncsourcing.persistence import StoredEvent
 from asyncsourcing.postgres import PostgresApplicationRecorder
-from tests.test_postgres_support import admin_connection, factory_env, pg_schema
-
-__all__ = ["pg_schema"]
+from tests.support.postgres import admin_connection, factory_env
 
 pytestmark = pytest.mark.postgres
 

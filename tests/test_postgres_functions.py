@@ -38,14 +38,7 @@ from asyncsourcing.postgres import (
 )
 from asyncsourcing.postgres.identifiers import dollar_quote
 from asyncsourcing.projection import Projection, ProjectionRunner
-from tests.test_postgres_support import (
-    admin_connection,
-    factory_env,
-    pg_schema,
-    quote,
-)
-
-__all__ = ["pg_schema"]
+from tests.support.postgres import admin_connection, factory_env, quote
 
 pytestmark = pytest.mark.postgres
 

@@ -24,16 +24,13 @@ from eventsourcing.persistence import (
 
 from asyncsourcing.persistence import ApplicationRecorder, Notification, Subscription
 from asyncsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
-from tests.test_postgres_support import (
+from tests.support.postgres import (
     admin_connection,
     factory,
     our_connections,
-    pg_schema,
     quote,
     settings,
 )
-
-__all__ = ["pg_schema"]
 
 pytestmark = pytest.mark.postgres
 

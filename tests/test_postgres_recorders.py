@@ -8,15 +8,13 @@ from typing import Any
 import pytest
 
 from asyncsourcing.persistence import InfrastructureFactory
-from tests.suites import (
+from tests.support.postgres import factory_env
+from tests.support.suites import (
     AggregateRecorderSuite,
     ApplicationRecorderSuite,
     ProcessRecorderSuite,
     TrackingRecorderSuite,
 )
-from tests.test_postgres_support import factory_env, pg_schema
-
-__all__ = ["pg_schema"]  # A fixture used here, imported from the support module.
 
 pytestmark = pytest.mark.postgres
 

@@ -32,15 +32,7 @@ from asyncsourcing.postgres import (
     PostgresTrackingRecorder,
 )
 from asyncsourcing.postgres.identifiers import quote_identifier
-from tests.test_postgres_support import (
-    admin_connection,
-    datastore,
-    factory,
-    factory_env,
-    pg_schema,
-)
-
-__all__ = ["pg_schema"]
+from tests.support.postgres import admin_connection, datastore, factory, factory_env
 
 SECRET = "s3cr3t-Pa55word-that-must-not-leak"
 

@@ -33,14 +33,7 @@ from asyncsourcing.projection import (
     ProjectionRunner,
 )
 from asyncsourcing.utils import get_topic
-from tests.test_postgres_support import (
-    admin_connection,
-    factory_env,
-    pg_schema,
-    quote,
-)
-
-__all__ = ["pg_schema"]
+from tests.support.postgres import admin_connection, factory_env, quote
 
 pytestmark = pytest.mark.postgres
 

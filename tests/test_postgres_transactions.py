@@ -8,9 +8,7 @@ import asyncio
 import pytest
 from eventsourcing.persistence import ProgrammingError, Tracking
 
-from tests.test_postgres_support import factory, pg_schema
-
-__all__ = ["pg_schema"]
+from tests.support.postgres import factory
 
 pytestmark = pytest.mark.postgres
 

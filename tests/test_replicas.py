@@ -28,9 +28,7 @@ from asyncsourcing.testing.pgserver import TemporaryPostgres
 from asyncsourcing.utils import Environment
 from examples.eventcounters.postgres import PostgresEventCounters
 from examples.eventcounters.projection import EventCountersProjection
-from tests.test_postgres_support import admin_connection, factory_env, pg_schema
-
-__all__ = ["pg_schema"]  # A fixture.
+from tests.support.postgres import admin_connection, factory_env
 
 pytestmark = pytest.mark.postgres
 

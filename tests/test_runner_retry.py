@@ -19,7 +19,7 @@ from asyncsourcing.testing.pgserver import TemporaryPostgres
 from examples.eventcounters.postgres import PostgresEventCounters
 from examples.eventcounters.projection import EventCountersProjection
 from examples.eventcounters.views import POPOEventCounters
-from tests.test_error_policies import aggregate_with
+from tests.support.backends import aggregate_with
 
 FAST_RECONNECT = Backoff(
     initial_delay=0.01, max_delay=0.05, max_attempts=None, max_total_time=5

@@ -23,11 +23,9 @@ from examples.eventcounters.projection import (
     SpannerThrown,
     SpannerThrownError,
 )
-from tests.test_error_policies import Backend, Copies, aggregate_with, backend
-from tests.test_postgres_support import admin_connection, factory_env, pg_schema, quote
-
-# Fixtures used here, imported from other modules.
-__all__ = ["backend", "pg_schema"]
+from tests.support.backends import Backend, aggregate_with
+from tests.support.postgres import admin_connection, factory_env, quote
+from tests.test_error_policies import Copies
 
 
 async def test_statistics_before_start_while_running_and_after_close(

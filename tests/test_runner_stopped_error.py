@@ -18,11 +18,7 @@ import pytest
 from asyncsourcing.domain import Aggregate
 from asyncsourcing.projection import ProjectionStoppedError
 from examples.eventcounters.projection import SpannerThrown, SpannerThrownError
-from tests.test_error_policies import Backend, aggregate_with, backend
-from tests.test_postgres_support import pg_schema
-
-# Fixtures used here, imported from other modules.
-__all__ = ["backend", "pg_schema"]
+from tests.support.backends import Backend, aggregate_with
 
 
 async def test_every_waiter_and_every_later_wait_gets_the_error(

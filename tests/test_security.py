@@ -31,16 +31,14 @@ from asyncsourcing.postgres import (
     PostgresSettingsError,
 )
 from asyncsourcing.projection import ProjectionRunner
-from tests.faults_support import (
+from tests.support.faults import (
     Counter,
     Counters,
     PostgresRecordingView,
     RecordingProjection,
     check_exactly_once,
 )
-from tests.test_postgres_support import admin_connection, factory_env, pg_schema, quote
-
-__all__ = ["pg_schema"]
+from tests.support.postgres import admin_connection, factory_env, quote
 
 pytestmark = pytest.mark.postgres
 

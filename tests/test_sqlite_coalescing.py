@@ -1,6 +1,6 @@
 """Coalesced writes on SQLite: saves that arrive together share a transaction.
 
-Their effect and errors, the same as separate saves', are in tests/suites.py."""
+Their effect and errors, the same as separate saves', are in tests/support/suites.py."""
 
 from __future__ import annotations
 

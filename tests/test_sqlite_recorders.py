@@ -10,7 +10,7 @@ import pytest
 
 from asyncsourcing.persistence import InfrastructureFactory
 from asyncsourcing.sqlite import SQLiteFactory
-from tests.suites import (
+from tests.support.suites import (
     AggregateRecorderSuite,
     ApplicationRecorderSuite,
     ProcessRecorderSuite,

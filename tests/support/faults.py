@@ -7,7 +7,7 @@ This module has no tests. It holds:
   a table of their own (Postgres and SQLite), so that a test can check that
   nothing was skipped, nothing processed twice, and positions strictly
   increased; and :func:`check_exactly_once`, which checks that;
-* a child-process entry point (``python -m tests.faults_support writer|runner``)
+* a child-process entry point (``python -m tests.support.faults writer|runner``)
   used to write from, and to kill, another process. Its configuration comes
   from the environment (``PERSISTENCE_MODULE``, ``POSTGRES_*``, ...).
 """
@@ -204,7 +204,7 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     # Run as "python -m": use this module's importable twin, so that event
-    # topics name "tests.faults_support", not "__main__".
-    from tests.faults_support import main as _main
+    # topics name "tests.support.faults", not "__main__".
+    from tests.support.faults import main as _main
 
     _main(sys.argv[1:])

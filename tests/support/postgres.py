@@ -1,8 +1,10 @@
-"""Shared fixtures and helpers of the Postgres tests (this module has no tests).
+"""Helpers of the Postgres tests.
 
-Each test gets a schema of its own, created empty and dropped with everything
-in it afterwards, so tests leave nothing behind and never see each other's
-tables (the acceptance tests, which use schema public, are unaffected).
+Each test gets a schema of its own (the ``pg_schema`` fixture, in
+tests/conftest.py), created empty and dropped with everything in it
+afterwards, so tests leave nothing behind and never see each other's tables
+(the acceptance tests, which use schema public, are unaffected). These helpers
+connect to it, and make settings, datastores and factories on it.
 """
 
 from __future__ import annotations
@@ -10,22 +12,21 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
-from uuid import uuid4
 
 import asyncpg
-import pytest
 
 from asyncsourcing.postgres import PostgresDatastore, PostgresFactory, PostgresSettings
 from asyncsourcing.postgres.identifiers import quote_identifier
 
 __all__ = [
     "admin_connection",
+    "datastore",
+    "factory",
     "factory_env",
     "our_connections",
-    "pg_schema",
     "quote",
+    "settings",
 ]
-
 
 quote = quote_identifier
 
@@ -47,19 +48,6 @@ async def admin_connection(
         yield conn
     finally:
         await conn.close()
-
-
-@pytest.fixture
-async def pg_schema(postgres_env: dict[str, str]) -> AsyncIterator[str]:
-    """A new empty schema, dropped with everything in it after the test."""
-    schema = f"test_{uuid4().hex[:12]}"
-    async with admin_connection(postgres_env) as conn:
-        await conn.execute(f"CREATE SCHEMA {quote(schema)}")
-    try:
-        yield schema
-    finally:
-        async with admin_connection(postgres_env) as conn:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {quote(schema)} CASCADE")
 
 
 def factory_env(
