@@ -15,8 +15,6 @@ has not processed yet.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
 from uuid import UUID
@@ -35,6 +33,7 @@ from examples.eventcounters.projection import EventCountersProjection
 from examples.eventcounters.sqlite import SQLiteEventCounters
 from examples.eventcounters.views import POPOEventCounters
 from tests.support.postgres import factory_env
+from tests.support.runners import running
 
 Runner = ProjectionRunner[Application[UUID], Any]
 
@@ -93,14 +92,6 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     schema = request.getfixturevalue("pg_schema")
     env = factory_env(request.getfixturevalue("postgres_env"), schema)
     return Backend("postgres", env, PostgresCountingWrites)
-
-
-@contextlib.asynccontextmanager
-async def running(*runners: Runner) -> AsyncIterator[tuple[Runner, ...]]:
-    async with contextlib.AsyncExitStack() as stack:
-        for runner in runners:
-            await stack.enter_async_context(runner)
-        yield runners
 
 
 def noted() -> Aggregate:

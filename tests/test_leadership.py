@@ -9,11 +9,10 @@ lease expires.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -30,6 +29,7 @@ from examples.eventcounters.postgres import PostgresEventCounters
 from examples.eventcounters.projection import EventCountersProjection
 from examples.eventcounters.sqlite import SQLiteEventCounters
 from tests.support.postgres import admin_connection, factory_env, quote
+from tests.support.runners import running
 
 Runner = ProjectionRunner[Application[UUID], Any]
 
@@ -61,14 +61,6 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     schema = request.getfixturevalue("pg_schema")
     env = factory_env(request.getfixturevalue("postgres_env"), schema)
     return Backend("postgres", env, PostgresEventCounters)
-
-
-@contextlib.asynccontextmanager
-async def running(*runners: Runner) -> AsyncIterator[tuple[Runner, ...]]:
-    async with contextlib.AsyncExitStack() as stack:
-        for runner in runners:
-            await stack.enter_async_context(runner)
-        yield runners
 
 
 async def save_created(app: Application[UUID], count: int) -> int:

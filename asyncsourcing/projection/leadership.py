@@ -70,11 +70,6 @@ class Leadership:
         """Whether this runner shares its projection through a lease."""
         return self._leases is not None
 
-    @property
-    def fence(self) -> Lease | None:
-        """The lease a view transaction must check, if any."""
-        return self.lease
-
     async def create_table(self) -> None:
         if self._leases is not None:
             await self._leases.create_table()

@@ -399,7 +399,7 @@ class BaseProjectionRunner(Generic[TApplication]):
         has processed meanwhile.
         """
         return self._tracking_recorder.batch_transaction(
-            self.app_name, fence=self._leadership.fence
+            self.app_name, fence=self._leadership.lease
         )
 
     async def _process_in_one_transaction(self, batch: Sequence[Notification]) -> bool:
