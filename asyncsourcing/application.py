@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from types import TracebackType
-from typing import Any, ClassVar, Generic, Self
+from typing import Any, ClassVar, Generic
 
 from eventsourcing.application import (
     AggregateNotFoundError,
@@ -46,6 +45,7 @@ from asyncsourcing.persistence import (
     Recording,
 )
 from asyncsourcing.repository import Repository
+from asyncsourcing.resources import Resource
 
 __all__ = [
     "AggregateNotFoundError",
@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 
-class Application(Generic[TAggregateID]):
+class Application(Resource, Generic[TAggregateID]):
     """An event-sourced application.
 
     Configured from, in order of precedence, the ``env`` argument, the process
@@ -257,14 +257,3 @@ class Application(Generic[TAggregateID]):
         if not self._closed:
             self._closed = True
             await self.factory.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        await self.close()

@@ -45,6 +45,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
 
+from asyncsourcing.resources import Resource
 from asyncsourcing.waiting import PositionBoard
 
 if TYPE_CHECKING:
@@ -477,7 +478,7 @@ TTrackingRecorder = TypeVar("TTrackingRecorder", bound=TrackingRecorder)
 _R = TypeVar("_R", bound=Recorder)
 
 
-class InfrastructureFactory(ABC, Generic[TTrackingRecorder]):
+class InfrastructureFactory(Resource, Generic[TTrackingRecorder]):
     """Constructs the mapper and the recorders of one backend.
 
     :meth:`construct` picks the backend named by ``PERSISTENCE_MODULE``
@@ -612,17 +613,6 @@ class InfrastructureFactory(ABC, Generic[TTrackingRecorder]):
 
     async def close(self) -> None:
         """Close the connections and tasks of the factory's recorders."""
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 _F = TypeVar("_F", bound=InfrastructureFactory[Any])

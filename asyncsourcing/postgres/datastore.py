@@ -24,7 +24,6 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeAlias, Union
 
 import asyncpg
@@ -39,6 +38,7 @@ from asyncsourcing.postgres.errors import (
 )
 from asyncsourcing.postgres.listener import PostgresListener
 from asyncsourcing.postgres.settings import PostgresSettings
+from asyncsourcing.resources import Resource
 from asyncsourcing.waiting import PositionBoard
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ _LOST = (
 )
 
 
-class PostgresDatastore:
+class PostgresDatastore(Resource):
     """Connections to one PostgreSQL database and schema.
 
     Construct it with :class:`~asyncsourcing.postgres.settings.PostgresSettings`
@@ -437,17 +437,6 @@ class PostgresDatastore:
         finally:
             if pool is not None:
                 await _close_pool(pool)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 def _resync_board(board: PositionBoard, missed: bool) -> None:

@@ -23,7 +23,7 @@ import sqlite3
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
-from typing import Literal, NoReturn, Self
+from typing import Literal, NoReturn
 from urllib.parse import parse_qs, unquote
 
 import aiosqlite
@@ -39,6 +39,7 @@ from asyncsourcing.persistence import (
     PersistenceError,
     ProgrammingError,
 )
+from asyncsourcing.resources import Resource
 from asyncsourcing.sqlite.notifier import SQLiteNotifier, shared_notifier
 
 __all__ = [
@@ -137,7 +138,7 @@ def translate_error(
     return PersistenceError(message)
 
 
-class SQLiteDatastore:
+class SQLiteDatastore(Resource):
     """Connections to one SQLite database, and its transactions.
 
     ``db_name`` is a file path, ``":memory:"``, or a URI such as
@@ -583,12 +584,6 @@ class SQLiteDatastore:
             *self._discarding,
             return_exceptions=True,
         )
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
 
 async def _close_connection(connection: aiosqlite.Connection) -> None:
