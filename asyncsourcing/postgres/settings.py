@@ -15,7 +15,9 @@ and so on.
 
 Every missing or malformed setting is reported in one
 :class:`PostgresSettingsError` naming the variables; the password is never
-shown, in reprs or in errors, nor is any part of a URL.
+shown, in reprs or in errors, nor is any part of a URL. URLs are parsed by
+:mod:`asyncsourcing.postgres.urls`, the variables read as in every backend
+(:mod:`asyncsourcing.settings`).
 
 Differences: ``POSTGRES_CONN_MAX_AGE`` closes pooled connections that have
 been idle that long (asyncpg has no maximum age); ``POSTGRES_PRE_PING``,
@@ -31,13 +33,21 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Self, TypedDict, TypeVar, cast
-from urllib.parse import unquote
+from typing import Literal, Self, TypedDict, cast
 
 from eventsourcing.persistence import InfrastructureFactoryError
-from eventsourcing.utils import Environment, resolve_topic, strtobool
+from eventsourcing.utils import Environment, resolve_topic
 
 from asyncsourcing.postgres.identifiers import check_identifier
+from asyncsourcing.postgres.urls import (
+    SSL_MODES,
+    URL_FORM_SHORT,
+    URL_KEYS,
+    SSLMode,
+    URLParts,
+    parse_url,
+)
+from asyncsourcing.settings import EnvReader
 
 __all__ = [
     "URL_KEYS",
@@ -51,20 +61,7 @@ __all__ = [
 #: A password, or a function (sync or async) that returns one at each connect.
 PasswordType = str | Callable[[], str] | Callable[[], Awaitable[str]]
 
-SSLMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
-SSL_MODES: tuple[SSLMode, ...] = (
-    "disable",
-    "allow",
-    "prefer",
-    "require",
-    "verify-ca",
-    "verify-full",
-)
-
 _ORIGINATOR_ID_TYPES: tuple[Literal["uuid", "text"], ...] = ("uuid", "text")
-
-#: The variables that may hold a connection URL, the first set one winning.
-URL_KEYS = ("POSTGRES_URL", "DATABASE_URL")
 
 
 class ConnectKwargs(TypedDict):
@@ -78,10 +75,6 @@ class ConnectKwargs(TypedDict):
     timeout: float
     ssl: SSLMode | None
     server_settings: dict[str, str]
-
-
-_T = TypeVar("_T")
-_S = TypeVar("_S", bound=str)
 
 
 class PostgresSettingsError(InfrastructureFactoryError, OSError):
@@ -221,11 +214,9 @@ class PostgresSettings:
         :raises PostgresSettingsError: naming every missing or malformed
             setting, at once.
         """
-        reader = _EnvReader(
-            env if isinstance(env, Environment) else Environment(env=env)
-        )
+        reader = _PostgresEnvReader(env)
         url = reader.url()
-        if not _bool_setting(reader, "SINGLE_ROW_TRACKING", default=True):
+        if not reader.boolean("SINGLE_ROW_TRACKING", default=True):
             reader.invalid(
                 "SINGLE_ROW_TRACKING",
                 "only single-row tracking is supported (as in eventsourcing 9.5)",
@@ -269,7 +260,7 @@ class PostgresSettings:
         originator_id_type = (
             reader.choice("ORIGINATOR_ID_TYPE", _ORIGINATOR_ID_TYPES) or "uuid"
         )
-        create_tables = _bool_setting(reader, "CREATE_TABLE", default=True)
+        create_tables = reader.boolean("CREATE_TABLE", default=True)
         application_name = (
             reader.get("POSTGRES_APPLICATION_NAME")
             or url.application_name
@@ -341,331 +332,28 @@ def _callable_topic(topic: str) -> Callable[[], str] | Callable[[], Awaitable[st
     return cast("Callable[[], str]", func)
 
 
-def _bool_setting(reader: _EnvReader, key: str, *, default: bool) -> bool:
-    """A boolean setting; a value that is not one is reported, naming ``key``."""
-    value = reader.get(key)
-    if not value:
-        return default
-    return reader.parse(key, value, lambda v: bool(strtobool(v)), fallback=default)
+class _PostgresEnvReader(EnvReader):
+    """An :class:`EnvReader` that also reads a URL, and reports in one error."""
 
-
-# --- URLs ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _URLParts:
-    """What a connection URL says; None where it says nothing."""
-
-    host: str | None = None
-    port: int | None = None
-    user: str | None = None
-    password: str | None = None
-    dbname: str | None = None
-    sslmode: SSLMode | None = None
-    application_name: str | None = None
-    connect_timeout: float | None = None
-
-
-_URL_SCHEMES = ("postgresql", "postgres")
-
-#: The query parameters a URL may have (libpq's names).
-_URL_PARAMETERS = (
-    "host",
-    "port",
-    "dbname",
-    "user",
-    "password",
-    "sslmode",
-    "application_name",
-    "connect_timeout",
-)
-
-#: libpq's other parameters: refused by name, as not supported. A parameter
-#: that is none of libpq's is refused without its name, which may be a
-#: misplaced part of the password.
-_LIBPQ_PARAMETERS = frozenset(
-    {
-        "hostaddr", "passfile", "require_auth", "channel_binding",
-        "client_encoding", "options", "fallback_application_name",
-        "keepalives", "keepalives_idle", "keepalives_interval",
-        "keepalives_count", "tcp_user_timeout", "replication", "gssencmode",
-        "requiressl", "sslcompression", "sslcert", "sslkey", "sslpassword",
-        "sslcertmode", "sslrootcert", "sslcrl", "sslcrldir", "sslsni",
-        "requirepeer", "ssl_min_protocol_version", "ssl_max_protocol_version",
-        "krbsrvname", "gsslib", "gssdelegation", "service",
-        "target_session_attrs", "load_balance_hosts",
-        "ssl",  # Not libpq's (asyncpg's and SQLAlchemy's): sslmode is.
-    }
-)  # fmt: skip
-
-_URL_FORM_SHORT = "postgresql://user:password@host:port/dbname"
-_URL_FORM = _URL_FORM_SHORT + "?sslmode=..."
-_ENCODE_HINT = (
-    "in the user name, password and database name, characters such as "
-    "@ : / ? # & % must be percent-encoded, e.g. %2F for /"
-)
-
-
-def _parse_url(url: str) -> _URLParts:
-    """The parts of a ``postgresql://`` URL, percent-decoded.
-
-    Follows libpq's URIs: ``postgresql://`` or ``postgres://`` (a SQLAlchemy
-    driver suffix such as ``postgresql+asyncpg://`` is allowed and ignored),
-    then ``user:password@host:port/dbname``, every part optional, then query
-    parameters (:data:`_URL_PARAMETERS`) that override those parts. A host
-    that starts with "/" (``?host=/var/run/postgresql``, or percent-encoded
-    in place of the host) is the directory of a Unix-domain socket.
-
-    :raises ValueError: saying what is wrong, never quoting any part of the
-        URL (a misplaced character can put a piece of the password anywhere).
-    """
-    scheme, separator, rest = url.partition("://")
-    if not separator or scheme.lower().partition("+")[0] not in _URL_SCHEMES:
-        msg = f"not a PostgreSQL URL: expected {_URL_FORM} (or postgres://)"
-        raise ValueError(msg)
-    if "#" in rest:
-        msg = f"a URL has no '#' fragment: {_ENCODE_HINT}"
-        raise ValueError(msg)
-    # The authority ends at the first "/" or "?", as in libpq.
-    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=None)
-    authority, tail = (rest, "") if end is None else (rest[:end], rest[end:])
-    path, _, query = tail.partition("?")
-    if "@" in path:
-        # An "@" after the host is most likely the end of a password whose
-        # "/" was not encoded: refused rather than read as a database name.
-        msg = f"an unencoded '@' after the host: {_ENCODE_HINT}"
-        raise ValueError(msg)
-    userinfo, at, hostport = authority.rpartition("@")
-    parts: dict[str, str] = {}
-    if at:
-        user, colon, password = userinfo.partition(":")
-        if user:
-            parts["user"] = _decode(user, "the user name")
-        if colon:
-            parts["password"] = _decode(password, "the password")
-    if hostport:
-        host, port = _split_host_port(hostport)
-        if host:
-            parts["host"] = _decode(host, "the host")
-        if port:
-            parts["port"] = port
-    if len(path) > 1:
-        parts["dbname"] = _decode(path[1:], "the database name")
-    if query:
-        parts.update(_query_parameters(query))
-    return _URLParts(
-        host=parts.get("host") or None,
-        port=_url_port(parts["port"]) if "port" in parts else None,
-        user=parts.get("user") or None,
-        password=parts.get("password"),
-        dbname=parts.get("dbname") or None,
-        sslmode=_url_sslmode(parts["sslmode"]) if "sslmode" in parts else None,
-        application_name=parts.get("application_name") or None,
-        connect_timeout=(
-            _url_connect_timeout(parts["connect_timeout"])
-            if "connect_timeout" in parts
-            else None
-        ),
-    )
-
-
-def _decode(text: str, what: str) -> str:
-    try:
-        return unquote(text, errors="strict")
-    except UnicodeDecodeError:
-        msg = f"{what} is not valid UTF-8 once percent-decoded"
-        raise ValueError(msg) from None
-
-
-def _split_host_port(hostport: str) -> tuple[str, str]:
-    if "," in hostport:
-        msg = "several hosts are not supported: give one host"
-        raise ValueError(msg)
-    if hostport.startswith("["):  # An IPv6 address: [::1]:5432
-        address, bracket, after = hostport[1:].partition("]")
-        if not bracket or (after and not after.startswith(":")):
-            msg = "an IPv6 address must be written [address] or [address]:port"
-            raise ValueError(msg)
-        return address, after[1:]
-    host, _, port = hostport.partition(":")
-    if ":" in port:
-        msg = (
-            "the host part has more than one ':': write an IPv6 address in "
-            f"brackets, [::1]; {_ENCODE_HINT}"
-        )
-        raise ValueError(msg)
-    return host, port
-
-
-def _query_parameters(query: str) -> dict[str, str]:
-    parameters: dict[str, str] = {}
-    unsupported: list[str] = []
-    unknown = 0
-    for item in query.split("&"):
-        if not item:
-            continue
-        raw_name, equals, raw_value = item.partition("=")
-        name = _decode(raw_name, "a query parameter's name")
-        if name in _URL_PARAMETERS and equals:
-            what = "the password" if name == "password" else f"parameter {name!r}"
-            parameters[name] = _decode(raw_value, what)
-        elif name in _URL_PARAMETERS:
-            msg = f"query parameter {name!r} has no value ({name}=...)"
-            raise ValueError(msg)
-        elif name in _LIBPQ_PARAMETERS:
-            unsupported.append(name)
-        else:
-            unknown += 1
-    if unsupported or unknown:
-        named = [repr(name) for name in unsupported]
-        if unknown:
-            named.append(f"{unknown} unknown to libpq (not shown)")
-        msg = (
-            f"unsupported query parameters: {', '.join(named)}; supported are "
-            f"{', '.join(_URL_PARAMETERS)}"
-        )
-        if unknown:
-            msg += f" ({_ENCODE_HINT})"
-        raise ValueError(msg)
-    return parameters
-
-
-def _url_port(text: str) -> int:
-    if not (text.isascii() and text.isdigit() and 0 < int(text) < 65536):
-        msg = f"the port is not a number from 1 to 65535 ({_ENCODE_HINT})"
-        raise ValueError(msg)
-    return int(text)
-
-
-def _url_sslmode(text: str) -> SSLMode:
-    if text.lower() not in SSL_MODES:
-        msg = f"sslmode must be one of {', '.join(SSL_MODES)}"
-        raise ValueError(msg)
-    return cast("SSLMode", text.lower())
-
-
-def _url_connect_timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (value > 0 and math.isfinite(value)):
-        msg = "connect_timeout must be a positive number of seconds"
-        raise ValueError(msg)
-    return value
-
-
-# --- reading the environment -----------------------------------------------
-
-
-class _EnvReader:
-    """Reads settings from an environment, collecting every problem found.
-
-    A missing or malformed setting is recorded, naming the variable looked
-    up, and a fallback value is returned so that reading goes on;
-    :meth:`raise_problems` then reports them all in one error.
-    """
-
-    def __init__(self, env: Environment) -> None:
-        self.env = env
-        self.missing: list[str] = []
-        self.problems: list[tuple[str, str]] = []
+    def __init__(self, env: Environment | Mapping[str, str]) -> None:
+        super().__init__(env)
         #: The variable that holds the URL read by :meth:`url`, if any.
         self.url_key: str | None = None
         self.url_invalid = False
 
-    def key_of(self, key: str) -> str:
-        """The variable that holds ``key``'s value (e.g. ``APP_POSTGRES_PORT``)."""
-        for candidate in self.env.create_keys(key):
-            if dict.get(self.env, candidate) is not None:
-                return candidate
-        return key
-
-    def get(self, key: str) -> str | None:
-        value = self.env.get(key)
-        return value.strip() if value is not None else None
-
-    def invalid(self, key: str, reason: str) -> None:
-        """Record that ``key``'s value is malformed, for ``reason``."""
-        self.problems.append((self.key_of(key), reason))
-
-    def url(self) -> _URLParts:
+    def url(self) -> URLParts:
         """The parts of the first URL set of :data:`URL_KEYS` (none: no parts)."""
         for key in URL_KEYS:
             value = self.get(key)
             if value:
                 self.url_key = self.key_of(key)
                 try:
-                    return _parse_url(value)
+                    return parse_url(value)
                 except ValueError as error:
                     self.invalid(key, str(error))
                     self.url_invalid = True
                     break
-        return _URLParts()
-
-    def require(self, key: str, from_url: str | None, *, secret: bool = False) -> str:
-        """``key``'s value, else the URL's part, else recorded as missing."""
-        # A password is used as it is: spaces may be part of it, and it may
-        # be empty (though an empty variable does not override the URL's).
-        value = self.env.get(key) if secret else self.get(key)
-        if not value and from_url is not None:
-            return from_url
-        if value is None or (not secret and not value):
-            self.missing.append(key)
-            return ""
-        return value
-
-    def parse(
-        self, key: str, value: str, parse: Callable[[str], _T], *, fallback: _T
-    ) -> _T:
-        try:
-            return parse(value)
-        except Exception as error:
-            self.invalid(key, f"{error} (got {value!r})")
-            return fallback
-
-    def number(
-        self,
-        key: str,
-        kind: Callable[[str], _T],
-        default: _T,
-        *,
-        minimum: float | None = None,
-        maximum: float | None = None,
-        exclusive: bool = False,
-    ) -> _T:
-        value = self.get(key)
-        if not value:
-            return default
-        described = "an integer" if kind is int else "a number"
-        try:
-            number = kind(value)
-        except ValueError:
-            self.invalid(key, f"{described} is expected, got {value!r}")
-            return default
-        as_float = float(cast("float", number))
-        if not math.isfinite(as_float):
-            self.invalid(key, f"{described} is expected, got {value!r}")
-        elif minimum is not None and (
-            as_float < minimum or (exclusive and as_float == minimum)
-        ):
-            bound = "greater than" if exclusive else "at least"
-            self.invalid(key, f"must be {bound} {minimum:g}, got {value!r}")
-        elif maximum is not None and as_float > maximum:
-            self.invalid(key, f"must be at most {maximum:g}, got {value!r}")
-        else:
-            return number
-        return default
-
-    def choice(self, key: str, choices: tuple[_S, ...]) -> _S | None:
-        value = self.get(key)
-        if not value:
-            return None
-        for choice in choices:
-            if value.lower() == choice:
-                return choice
-        self.invalid(key, f"expected one of {', '.join(choices)}, got {value!r}")
-        return None
+        return URLParts()
 
     def raise_problems(self) -> None:
         """Raise one :class:`PostgresSettingsError` for every problem recorded."""
@@ -707,5 +395,5 @@ class _EnvReader:
             advice += f", or include {them} in the URL of {self.url_key!r}"
         else:
             urls = " or ".join(repr(key) for key in URL_KEYS)
-            advice += f", or set a URL, {_URL_FORM_SHORT}, in {urls}"
+            advice += f", or set a URL, {URL_FORM_SHORT}, in {urls}"
         return f"Postgres settings not found in environment: {listed}. {advice}."

@@ -9,12 +9,14 @@ library is read, subscribed to and projected by the other. Modules:
   subscriptions and waiters;
 - :mod:`~asyncsourcing.sqlite.recorders`: the recorders;
 - :mod:`~asyncsourcing.sqlite.subscription`: :class:`SQLiteSubscription`;
+- :mod:`~asyncsourcing.sqlite.settings`: :class:`SQLiteSettings`, the
+  settings and their parsing;
 - :mod:`~asyncsourcing.sqlite.factory`: :class:`SQLiteFactory`, the one
   infrastructure factory of this module.
 """
 
 from asyncsourcing.sqlite.datastore import SQLiteDatastore
-from asyncsourcing.sqlite.factory import SQLiteFactory, SQLiteSettingsError
+from asyncsourcing.sqlite.factory import SQLiteFactory
 from asyncsourcing.sqlite.notifier import SQLiteNotifier
 from asyncsourcing.sqlite.recorders import (
     SQLiteAggregateRecorder,
@@ -25,6 +27,7 @@ from asyncsourcing.sqlite.recorders import (
     TrackingConflictError,
     TrackingUpgradeError,
 )
+from asyncsourcing.sqlite.settings import SQLiteSettings, SQLiteSettingsError
 from asyncsourcing.sqlite.subscription import SQLiteSubscription
 
 __all__ = [
@@ -35,6 +38,7 @@ __all__ = [
     "SQLiteNotifier",
     "SQLiteProcessRecorder",
     "SQLiteRecorder",
+    "SQLiteSettings",
     "SQLiteSettingsError",
     "SQLiteSubscription",
     "SQLiteTrackingRecorder",

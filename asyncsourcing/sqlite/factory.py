@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import math
-from typing import Literal
-
-from eventsourcing.utils import Environment, EnvType, strtobool
+from typing import TYPE_CHECKING
 
 from asyncsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
     InfrastructureFactory,
-    InfrastructureFactoryError,
     ProcessRecorder,
     ProgrammingError,
 )
-from asyncsourcing.sqlite.datastore import DEFAULT_POLL_INTERVAL, SQLiteDatastore
 from asyncsourcing.sqlite.recorders import (
     SHARED_TRACKING_TABLE,
     SQLiteAggregateRecorder,
@@ -25,22 +20,21 @@ from asyncsourcing.sqlite.recorders import (
     SQLiteTrackingRecorder,
 )
 
+# SQLiteSettingsError is re-exported: it was defined here.
+from asyncsourcing.sqlite.settings import SQLiteSettings, SQLiteSettingsError
+
+if TYPE_CHECKING:
+    from eventsourcing.utils import Environment, EnvType
+
 __all__ = ["SQLiteFactory", "SQLiteSettingsError"]
-
-
-class SQLiteSettingsError(InfrastructureFactoryError, OSError):
-    """An SQLite setting is missing or malformed; the message names it.
-
-    An :class:`~eventsourcing.persistence.InfrastructureFactoryError`, like
-    the other errors of constructing a factory, and an :class:`OSError`,
-    which is what ``eventsourcing.sqlite`` raises for the same mistakes.
-    """
 
 
 class SQLiteFactory(InfrastructureFactory[SQLiteTrackingRecorder]):
     """Recorders on one SQLite database, through one :class:`SQLiteDatastore`.
 
-    Settings (each may be prefixed with the environment's name):
+    Settings, read into :attr:`settings` by
+    :meth:`SQLiteSettings.from_env() <asyncsourcing.sqlite.SQLiteSettings.from_env>`
+    (each may be prefixed with the environment's name):
 
     - ``SQLITE_DBNAME``: a file path, ``:memory:`` or a ``file:`` URI (required);
     - ``SQLITE_LOCK_TIMEOUT``: seconds to wait for another connection's lock
@@ -96,85 +90,16 @@ class SQLiteFactory(InfrastructureFactory[SQLiteTrackingRecorder]):
 
     def __init__(self, env: Environment | EnvType | None = None) -> None:
         super().__init__(env)
-        db_name = self.env.get(self.SQLITE_DBNAME)
-        if not db_name:
-            msg = (
-                "SQLite database name not found in environment with keys: "
-                f"{', '.join(self.env.create_keys(self.SQLITE_DBNAME))}"
-            )
-            raise SQLiteSettingsError(msg)
-        if not self._bool_setting(self.SQLITE_SINGLE_ROW_TRACKING, default=True):
-            msg = (
-                f"{self._keys(self.SQLITE_SINGLE_ROW_TRACKING)} is false, but only "
-                "single-row tracking (eventsourcing 9.5's layout) is supported"
-            )
-            raise SQLiteSettingsError(msg)
-        originator_id_type = (self.env.get(self.ORIGINATOR_ID_TYPE) or "uuid").lower()
-        if originator_id_type not in ("uuid", "text"):
-            msg = (
-                f"Invalid {self._keys(self.ORIGINATOR_ID_TYPE)} "
-                f"{originator_id_type!r}: expected 'uuid' or 'text'"
-            )
-            raise SQLiteSettingsError(msg)
-        id_type: Literal["uuid", "text"] = (
-            "uuid" if originator_id_type == "uuid" else "text"
-        )
-        self._tracking_table_setting = (
-            self.env.get(self.SQLITE_TRACKING_TABLE) or ""
-        ).strip()
-        if self._tracking_table_setting:
-            try:
-                SQLiteRecorder.check_identifier_length(self._tracking_table_setting)
-            except ProgrammingError as error:
-                msg = f"Invalid {self._keys(self.SQLITE_TRACKING_TABLE)}: {error}"
-                raise SQLiteSettingsError(msg) from None
-        lock_timeout = self._seconds_setting(self.SQLITE_LOCK_TIMEOUT, allow_zero=True)
-        poll_interval = self._seconds_setting(
-            self.SQLITE_POLL_INTERVAL, allow_zero=False
-        )
-        self.datastore = SQLiteDatastore(
-            db_name,
-            lock_timeout=lock_timeout,
-            poll_interval=poll_interval or DEFAULT_POLL_INTERVAL,
-            originator_id_type=id_type,
-            create_tables=self.env_create_table(),
-        )
+        #: The settings read from the environment.
+        self.settings = SQLiteSettings.from_env(self.env)
+        self.datastore = self.settings.create_datastore()
 
     def env_create_table(self) -> bool:
         """False when ``CREATE_TABLE`` says tables are made elsewhere."""
-        return self._bool_setting(self.CREATE_TABLE, default=True)
+        return self.settings.create_tables
 
     def _keys(self, key: str) -> str:
         return " or ".join(self.env.create_keys(key))
-
-    def _bool_setting(self, key: str, *, default: bool) -> bool:
-        value = (self.env.get(key) or "").strip()
-        if not value:
-            return default
-        try:
-            return strtobool(value)
-        except ValueError:
-            msg = f"Invalid {self._keys(key)} {value!r}: expected true or false"
-            raise SQLiteSettingsError(msg) from None
-
-    def _seconds_setting(self, key: str, *, allow_zero: bool) -> float | None:
-        """A finite number of seconds, or None if unset."""
-        value = (self.env.get(key) or "").strip()
-        if not value:
-            return None
-        try:
-            seconds = float(value)
-        except ValueError:
-            seconds = math.nan
-        if not (
-            math.isfinite(seconds) and (seconds >= 0 if allow_zero else seconds > 0)
-        ):
-            msg = (
-                f"Invalid {self._keys(key)} {value!r}: expected a number of "
-                f"seconds {'>= 0' if allow_zero else '> 0'}"
-            )
-            raise SQLiteSettingsError(msg)
-        return seconds
 
     def construct_aggregate_recorder(
         self, purpose: str = "events"
@@ -197,8 +122,8 @@ class SQLiteFactory(InfrastructureFactory[SQLiteTrackingRecorder]):
         environment's name lower-cased, or eventsourcing's ``tracking``
         when the environment has no name.
         """
-        if self._tracking_table_setting:
-            return self._tracking_table_setting
+        if self.settings.tracking_table:
+            return self.settings.tracking_table
         name = self.env.name
         if not name:
             return SHARED_TRACKING_TABLE
@@ -237,7 +162,7 @@ class SQLiteFactory(InfrastructureFactory[SQLiteTrackingRecorder]):
                     raise
                 source = (
                     f"set by {self._keys(self.SQLITE_TRACKING_TABLE)}"
-                    if self._tracking_table_setting
+                    if self.settings.tracking_table
                     else f"named after {self.env.name!r}"
                 )
                 msg = (
@@ -246,7 +171,7 @@ class SQLiteFactory(InfrastructureFactory[SQLiteTrackingRecorder]):
                     f"tracking table is {table!r}, {source}"
                 )
                 raise TypeError(msg) from error
-        self._own(recorder, check_upgrade=not self._tracking_table_setting)
+        self._own(recorder, check_upgrade=not self.settings.tracking_table)
         return recorder
 
     def construct_process_recorder(self) -> ProcessRecorder:

@@ -22,33 +22,37 @@ PostgreSQL refuses to run as root. When this process is root (as in CI
 containers), the server binaries are run as an unprivileged system user
 (``postgres`` if it exists, otherwise ``nobody``) that owns the temporary
 directory.
+
+The programs and that account are found by
+:mod:`asyncsourcing.testing.pgbinaries`, and run on the temporary directory
+by :mod:`asyncsourcing.testing.pgcluster`.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
-import os
-import pwd
-import re
 import shutil
-import signal
 import socket
-import stat
-import subprocess
-import tempfile
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote
 
+from asyncsourcing.testing.pgbinaries import (
+    DEBIAN_BIN_GLOB,
+    PostgresBinaries,
+    find_postgres_binaries,
+    pick_run_as,
+)
+from asyncsourcing.testing.pgcluster import PostgresCluster, free_port
+
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Mapping
+    from pathlib import Path
     from types import TracebackType
     from typing import Self
 
 __all__ = [
+    "DEBIAN_BIN_GLOB",
     "DEFAULT_SETTINGS",
     "DURABLE_SETTINGS",
     "FAST_SETTINGS",
@@ -56,10 +60,6 @@ __all__ = [
     "TemporaryPostgres",
     "find_postgres_binaries",
 ]
-
-#: Where Debian (and Ubuntu) install the server binaries, one folder per major
-#: version; they are not on PATH there.
-DEBIAN_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 
 #: Server settings of every :class:`TemporaryPostgres`, whatever its
 #: durability.
@@ -85,133 +85,9 @@ FAST_SETTINGS: dict[str, str] = {
     "full_page_writes": "off",
 }
 
-_REQUIRED = ("initdb", "pg_ctl", "postgres")
-_INSTALL_HINT = (
-    "install Debian's `postgresql` package (`apt-get install postgresql`), "
-    "or put the PostgreSQL server binaries on PATH"
-)
-# Generous bound on each server-side command, so that a wedged initdb or
-# pg_ctl fails the run instead of hanging it.
-_COMMAND_TIMEOUT = 120.0
 # A free port found by binding to port 0 may be taken by someone else before
 # the server binds it: try a new one this many times.
 _PORT_ATTEMPTS = 3
-
-
-@dataclass(frozen=True)
-class PostgresBinaries:
-    """Paths of the PostgreSQL server programs used by :class:`TemporaryPostgres`.
-
-    All three are taken from one folder where possible, because ``pg_ctl`` and
-    ``initdb`` run the ``postgres`` binary found beside themselves.
-    """
-
-    initdb: Path
-    pg_ctl: Path
-    postgres: Path
-
-
-def _version_key(path: Path) -> tuple[int, ...]:
-    """Sort key for ``/usr/lib/postgresql/<version>/bin``: numeric, then others."""
-    parts = re.findall(r"\d+", path.parent.name)
-    return tuple(int(part) for part in parts) if parts else (-1,)
-
-
-def find_postgres_binaries(
-    path: str | None = None,
-    bin_glob: str = DEBIAN_BIN_GLOB,
-) -> PostgresBinaries:
-    """Find ``initdb``, ``pg_ctl`` and ``postgres``.
-
-    Looks on ``path`` (the ``PATH`` environment variable by default) first, and
-    otherwise in the newest version's folder matching ``bin_glob``.
-
-    :raises RuntimeError: if no location has all three programs; the message
-        names the missing ones and says how to install them.
-    """
-    on_path = {name: shutil.which(name, path=path) for name in _REQUIRED}
-    if all(on_path.values()):
-        # Resolve symlinks (e.g. /usr/local/bin/pg_ctl -> /usr/lib/...): it is
-        # the real folder where pg_ctl and initdb look for `postgres`.
-        found = {name: Path(str(p)).resolve() for name, p in on_path.items()}
-        return PostgresBinaries(**found)
-
-    root = Path(bin_glob).anchor or "/"
-    candidates = sorted(
-        Path(root).glob(str(Path(bin_glob).relative_to(root))),
-        key=_version_key,
-        reverse=True,
-    )
-    for bin_dir in candidates:
-        programs = {name: bin_dir / name for name in _REQUIRED}
-        if all(os.access(p, os.X_OK) for p in programs.values()):
-            return PostgresBinaries(**programs)
-
-    missing = ", ".join(name for name, p in on_path.items() if p is None)
-    raise RuntimeError(
-        f"PostgreSQL server programs not found: {missing} (looked on PATH and "
-        f"in {bin_glob}); {_INSTALL_HINT}."
-    )
-
-
-def _free_port(host: str) -> int:
-    """Return a TCP port of ``host`` that is free right now (bind to port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _conf_value(value: str) -> str:
-    """Quote a postgresql.conf value (quoting is valid for every setting type)."""
-    return "'" + value.replace("'", "''") + "'"
-
-
-@dataclass(frozen=True)
-class _RunAs:
-    """The unprivileged account that runs the server when we are root."""
-
-    name: str
-    uid: int
-    gid: int
-
-
-def _pick_run_as(requested: str | None) -> _RunAs | None:
-    """Choose the account that runs the server binaries, or None for ourselves.
-
-    PostgreSQL refuses to run with an effective uid of 0, so as root we need
-    another account; subprocess's ``user=``/``group=`` switches to it without
-    su/sudo (which may be missing or prompt).
-    """
-    if requested is None and os.geteuid() != 0:
-        return None
-    names = [requested] if requested is not None else ["postgres", "nobody"]
-    for name in names:
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            continue
-        if entry.pw_uid == 0:
-            raise RuntimeError(f"cannot run PostgreSQL as {name!r}: it is root")
-        return _RunAs(name=name, uid=entry.pw_uid, gid=entry.pw_gid)
-    raise RuntimeError(
-        "running as root, but none of the accounts "
-        f"{', '.join(map(repr, names))} exists to run PostgreSQL as "
-        "(PostgreSQL refuses to run as root)"
-    )
-
-
-def _traversable_by_others(directory: Path) -> bool:
-    """Whether every folder from ``/`` down to ``directory`` has o+x.
-
-    The unprivileged server account must be able to reach its temporary
-    directory; e.g. a TMPDIR under /root would not do.
-    """
-    directory = directory.resolve()
-    for folder in (directory, *directory.parents):
-        if not folder.stat().st_mode & stat.S_IXOTH:
-            return False
-    return True
 
 
 class TemporaryPostgres:
@@ -293,8 +169,7 @@ class TemporaryPostgres:
         self._settings = {**DEFAULT_SETTINGS, **durability, **(settings or {})}
         self._requested_run_as = run_as
         self._binaries = binaries
-        self._run_as: _RunAs | None = None
-        self._tmpdir: Path | None = None
+        self._cluster: PostgresCluster | None = None
         self._port: int | None = None
 
     # -- public API ---------------------------------------------------------
@@ -309,19 +184,17 @@ class TemporaryPostgres:
     @property
     def directory(self) -> Path:
         """The temporary directory holding the data, socket and log."""
-        if self._tmpdir is None:
-            raise RuntimeError("TemporaryPostgres is not started")
-        return self._tmpdir
+        return self._started().directory
 
     @property
     def data_dir(self) -> Path:
         """The cluster's data directory (PGDATA)."""
-        return self.directory / "data"
+        return self._started().data_dir
 
     @property
     def log_path(self) -> Path:
         """The server's log file."""
-        return self.directory / "postgres.log"
+        return self._started().log_path
 
     @property
     def dsn(self) -> str:
@@ -344,7 +217,7 @@ class TemporaryPostgres:
     @property
     def running(self) -> bool:
         """Whether :meth:`start` has run and :meth:`stop` has not."""
-        return self._tmpdir is not None
+        return self._cluster is not None
 
     def start(self) -> Self:
         """Create the cluster and database and start the server.
@@ -356,19 +229,22 @@ class TemporaryPostgres:
             does not accept connections within ``startup_timeout`` seconds;
             the message includes the program's output or the log's tail.
         """
-        if self._tmpdir is not None:
+        if self._cluster is not None:
             return self
         binaries = self._binaries or find_postgres_binaries()
         self._binaries = binaries
-        self._run_as = _pick_run_as(self._requested_run_as)
-        self._tmpdir = self._make_tmpdir()
+        run_as = pick_run_as(self._requested_run_as)
+        cluster = self._cluster = PostgresCluster.create(binaries, run_as)
         # Registered before anything is started, so that an interrupt in the
         # middle of start() still stops whatever got started.
         atexit.register(self.stop)
         try:
-            self._initdb(binaries)
-            self._create_database(binaries)
-            self._start_server(binaries)
+            cluster.initdb(user=self.user, password=self.password, durable=self.durable)
+            # The included file must exist for any start, even single-user
+            # mode; the port is chosen again right before the server starts.
+            self._write_settings(free_port(self.host))
+            cluster.create_database(self.dbname, owner=self.user)
+            self._start_server(cluster)
         except BaseException:
             self.stop()
             raise
@@ -388,8 +264,7 @@ class TemporaryPostgres:
             fraction of a second of commits, as a real crash would with
             ``synchronous_commit=off``.
         """
-        binaries = self._started_binaries()
-        self._pg_ctl(binaries, "restart", "-m", mode)
+        self._started().pg_ctl("restart", "-m", mode, timeout=self.startup_timeout)
         self._wait_for_tcp(time.monotonic() + self.startup_timeout)
 
     def stop(self) -> None:
@@ -399,18 +274,16 @@ class TemporaryPostgres:
         save), and signals the postmaster directly if that fails, so that no
         server outlives its deleted directory.
         """
-        tmpdir = self._tmpdir
-        if tmpdir is None:
+        cluster = self._cluster
+        if cluster is None:
             return
         try:
-            pid_file = self.data_dir / "postmaster.pid"
-            if pid_file.exists() and self._binaries is not None:
-                self._stop_server(self._binaries, pid_file)
+            cluster.stop()
         finally:
-            self._tmpdir = None
+            self._cluster = None
             self._port = None
             atexit.unregister(self.stop)
-            shutil.rmtree(tmpdir, ignore_errors=True)
+            shutil.rmtree(cluster.directory, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -435,204 +308,35 @@ class TemporaryPostgres:
 
     # -- internals ----------------------------------------------------------
 
-    def _started_binaries(self) -> PostgresBinaries:
-        if self._tmpdir is None or self._binaries is None:
+    def _started(self) -> PostgresCluster:
+        if self._cluster is None:
             raise RuntimeError("TemporaryPostgres is not started")
-        return self._binaries
-
-    def _make_tmpdir(self) -> Path:
-        base = Path(tempfile.gettempdir())
-        if self._run_as is not None and not _traversable_by_others(base):
-            # Another account must reach the directory: fall back to /tmp,
-            # which is world-traversable on any sane system.
-            base = Path("/tmp")
-        # A short prefix: the Unix socket's path must stay under ~107 bytes.
-        tmpdir = Path(tempfile.mkdtemp(prefix="aspg-", dir=base))
-        if self._run_as is not None:
-            os.chown(tmpdir, self._run_as.uid, self._run_as.gid)
-        return tmpdir
-
-    def _write_owned(self, path: Path, text: str) -> None:
-        """Write a file that the server account can read (and only it)."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as file:
-            file.write(text)
-        if self._run_as is not None:
-            os.chown(path, self._run_as.uid, self._run_as.gid)
-
-    def _env(self) -> dict[str, str]:
-        # Drop PG* variables (PGDATA, PGPORT, PGHOST, ...): they would steer
-        # the programs to a different cluster than the one we pass explicitly.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        if self._run_as is not None:
-            # Root's HOME is unreadable to the server account.
-            env["HOME"] = str(self.directory)
-        return env
-
-    def _run(
-        self,
-        args: Sequence[str | Path],
-        *,
-        input_text: str | None = None,
-        what: str,
-    ) -> str:
-        """Run a server program as the server account; return its output.
-
-        :raises RuntimeError: if it exits non-zero, with its output and the
-            server log's tail.
-        """
-        run_as = self._run_as
-        try:
-            result = subprocess.run(
-                [str(arg) for arg in args],
-                input=input_text,
-                stdin=None if input_text is not None else subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=_COMMAND_TIMEOUT,
-                cwd=self.directory,  # root's cwd may be unreadable to run_as
-                env=self._env(),
-                user=run_as.uid if run_as else None,
-                group=run_as.gid if run_as else None,
-                # Drop root's supplementary groups too, not only the uid/gid.
-                extra_groups=[] if run_as else None,
-            )
-        except subprocess.TimeoutExpired as error:
-            raise RuntimeError(
-                f"{what} timed out after {_COMMAND_TIMEOUT:.0f} s{self._log_tail()}"
-            ) from error
-        output = (result.stdout or "") + (result.stderr or "")
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"{what} failed (exit code {result.returncode}):\n"
-                f"{output.strip()}{self._log_tail()}"
-            )
-        return output
-
-    def _log_tail(self, lines: int = 30) -> str:
-        """The server log's last lines, formatted for an error message."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except (OSError, RuntimeError):
-            return ""
-        tail = "\n".join(text.splitlines()[-lines:])
-        return f"\n--- last lines of {self.log_path} ---\n{tail}" if tail else ""
-
-    def _server_major_version(self, binaries: PostgresBinaries) -> int:
-        output = self._run([binaries.postgres, "--version"], what="postgres --version")
-        match = re.search(r"(\d+)(?:\.\d+)?", output)
-        return int(match.group(1)) if match else 0
-
-    def _initdb(self, binaries: PostgresBinaries) -> None:
-        # SCRAM is the modern default, but the password is only stored as a
-        # SCRAM verifier from version 14 on (password_encryption's default);
-        # before that, md5 is the method that can check the stored password.
-        major = self._server_major_version(binaries)
-        host_auth = "scram-sha-256" if major >= 14 else "md5"
-        pwfile = self.directory / "pwfile"
-        self._write_owned(pwfile, self.password + "\n")
-        try:
-            self._run(
-                [
-                    binaries.initdb,
-                    "--pgdata", self.data_dir,
-                    "--username", self.user,
-                    f"--pwfile={pwfile}",
-                    f"--auth-host={host_auth}",
-                    # The socket sits in a 0700 directory of the server
-                    # account, so only it (and root) can reach it anyway.
-                    "--auth-local=trust",
-                    # Locale-independent: the machine's LANG may name a
-                    # locale that is not installed, which fails initdb.
-                    "--no-locale",
-                    "--encoding=UTF8",
-                    # Skip fsyncing the new cluster when durability is
-                    # traded for speed anyway: saves about a second.
-                    *([] if self.durable else ["--no-sync"]),
-                ],
-                what="initdb",
-            )  # fmt: skip
-        finally:
-            pwfile.unlink(missing_ok=True)
-        with (self.data_dir / "postgresql.conf").open("a") as conf:
-            conf.write("\ninclude 'asyncsourcing.conf'\n")
-        # The included file must exist for any start, even single-user mode;
-        # the port is chosen again right before the server starts.
-        self._write_settings(_free_port(self.host))
+        return self._cluster
 
     def _write_settings(self, port: int) -> None:
-        """Write our settings to a file included by postgresql.conf.
-
-        In a file rather than on pg_ctl's command line, so that a restart by
-        anyone (``pg_ctl restart`` or :meth:`restart`) keeps them.
-        """
-        settings = {
-            **self._settings,
-            "listen_addresses": self.host,
-            "port": str(port),
-            "unix_socket_directories": str(self.directory),
-        }
-        lines = [f"{name} = {_conf_value(value)}" for name, value in settings.items()]
-        text = "# Written by asyncsourcing.testing.pgserver\n" + "\n".join(lines)
-        self._write_owned(self.data_dir / "asyncsourcing.conf", text + "\n")
-
-    def _create_database(self, binaries: PostgresBinaries) -> None:
-        # Created in single-user mode, before the server starts: this needs
-        # no client program (psql/createdb) nor an event loop for asyncpg,
-        # and the database exists by the time anyone can connect.
-        statement = (
-            f'CREATE DATABASE "{self.dbname.replace(chr(34), chr(34) * 2)}" '
-            f'OWNER "{self.user.replace(chr(34), chr(34) * 2)}"\n'
+        self._started().write_settings(
+            {**self._settings, "listen_addresses": self.host, "port": str(port)}
         )
-        output = self._run(
-            [
-                binaries.postgres,
-                "--single",
-                "-D", self.data_dir,
-                # Exit non-zero on an SQL error instead of printing it only.
-                "-c", "exit_on_error=on",
-                "postgres",
-            ],
-            input_text=statement,
-            what=f"creating database {self.dbname!r}",
-        )  # fmt: skip
-        if "ERROR" in output:
-            raise RuntimeError(f"creating database {self.dbname!r} failed:\n{output}")
 
-    def _start_server(self, binaries: PostgresBinaries) -> None:
+    def _start_server(self, cluster: PostgresCluster) -> None:
         deadline = time.monotonic() + self.startup_timeout
         for attempt in range(1, _PORT_ATTEMPTS + 1):
-            port = _free_port(self.host)
+            port = free_port(self.host)
             self._write_settings(port)
-            log_size = self.log_path.stat().st_size if self.log_path.exists() else 0
+            log_path = cluster.log_path
+            log_size = log_path.stat().st_size if log_path.exists() else 0
             try:
-                self._pg_ctl(binaries, "start")
+                cluster.pg_ctl("start", timeout=self.startup_timeout)
             except RuntimeError:
                 # Another process may have taken the port between our probe
                 # and the server's bind: retry with another, else give up.
-                new_log = self.log_path.read_text(errors="replace")[log_size:]
+                new_log = log_path.read_text(errors="replace")[log_size:]
                 if attempt < _PORT_ATTEMPTS and "could not bind" in new_log:
                     continue
                 raise
             self._port = port
             self._wait_for_tcp(deadline)
             return
-
-    def _pg_ctl(self, binaries: PostgresBinaries, action: str, *args: str) -> None:
-        self._run(
-            [
-                binaries.pg_ctl,
-                action,
-                "-D", self.data_dir,
-                "-l", self.log_path,
-                # -w waits until the postmaster reports it accepts connections.
-                "-w",
-                "-t", str(max(1, round(self.startup_timeout))),
-                *args,
-            ],
-            what=f"pg_ctl {action}",
-        )  # fmt: skip
 
     def _wait_for_tcp(self, deadline: float) -> None:
         """Wait until 127.0.0.1:port accepts TCP connections.
@@ -649,24 +353,6 @@ class TemporaryPostgres:
                     raise RuntimeError(
                         f"PostgreSQL did not accept connections on "
                         f"{self.host}:{self.port} within {self.startup_timeout} s "
-                        f"({error}){self._log_tail()}"
+                        f"({error}){self._started().log_tail()}"
                     ) from error
                 time.sleep(0.05)
-
-    def _stop_server(self, binaries: PostgresBinaries, pid_file: Path) -> None:
-        try:
-            self._run(
-                [binaries.pg_ctl, "stop", "-D", self.data_dir, "-m", "immediate",
-                 "-w", "-t", "30"],
-                what="pg_ctl stop",
-            )  # fmt: skip
-        except RuntimeError:
-            # Never leave a server running on a deleted directory: SIGQUIT is
-            # the postmaster's own "immediate shutdown" signal.
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                pid = int(pid_file.read_text().splitlines()[0])
-                os.kill(pid, signal.SIGQUIT)
-                for _ in range(100):
-                    os.kill(pid, 0)  # raises once the process is gone
-                    time.sleep(0.05)
-                os.kill(pid, signal.SIGKILL)
