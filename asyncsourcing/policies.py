@@ -13,22 +13,34 @@ full::
         error_policy = ErrorPolicy.retry(max_attempts=10, max_delay=30, then="park")
 
 or per runner: ``ProjectionRunner(..., error_policy="skip")``.
+
+The runner asks an :class:`ErrorHandler` what to do after each failure of
+an event: a :data:`Decision` (:class:`Retry`, :class:`Skip`, :class:`Park`
+or :class:`Stop`). Deciding is pure: no IO, and the time is passed in.
 """
 
 from __future__ import annotations
 
 import enum
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal, TypeAlias
 
 __all__ = [
     "DEFAULT_RECONNECT",
     "Backoff",
+    "Decision",
+    "ErrorHandler",
     "ErrorPolicy",
     "ErrorPolicyLike",
     "OnError",
+    "Park",
     "PolicyName",
+    "Retry",
+    "Skip",
+    "Stop",
 ]
 
 
@@ -103,6 +115,32 @@ DEFAULT_RECONNECT = Backoff(
 """Reconnection of the ``retry`` policy: for up to a minute of outage."""
 
 PolicyName: TypeAlias = Literal["stop", "retry", "skip", "park"]
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Process the event again after ``delay`` seconds."""
+
+    delay: float
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Record the event's tracking with no update of the view, and carry on."""
+
+
+@dataclass(frozen=True)
+class Park:
+    """Record the event and its error in the dead-letter table, and carry on."""
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Stop the runner by the error."""
+
+
+Decision: TypeAlias = Retry | Skip | Park | Stop
+"""What to do about an event after one more failure."""
 
 
 @dataclass(frozen=True)
@@ -196,5 +234,51 @@ class ErrorPolicy:
         """This policy, reconnecting (or not) after connection errors."""
         return replace(self, reconnect=reconnect)
 
+    def decide(self, failures: int, elapsed: float) -> Decision:
+        """What to do about an event that has failed ``failures`` times in a
+        row (at least 1), the first time ``elapsed`` seconds ago.
+
+        :attr:`action`, or for ``retry`` a :class:`Retry` until
+        :attr:`backoff` gives up, then what :attr:`then` says.
+        """
+        action = self.action
+        if action is OnError.RETRY:
+            delay = self.backoff.delay(failures, elapsed)
+            if delay is not None:
+                return Retry(delay)
+            action = self.then
+        if action is OnError.SKIP:
+            return Skip()
+        if action is OnError.PARK:
+            return Park()
+        return Stop()
+
 
 ErrorPolicyLike: TypeAlias = ErrorPolicy | OnError | PolicyName
+
+
+class ErrorHandler:
+    """The decisions of an :class:`ErrorPolicy` about one event, failure
+    after failure.
+
+    It counts the event's failures in a row and times them from the first,
+    on ``clock`` (seconds; the runner passes its event loop's ``time``).
+    One handler per event: a new event starts from no failure.
+    """
+
+    def __init__(
+        self, policy: ErrorPolicy, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.policy = policy
+        self.failures = 0
+        """The event's failures so far."""
+        self._clock = clock
+        self._first_failure = 0.0
+
+    def failed(self) -> Decision:
+        """Count one more failure of the event; what to do about it."""
+        now = self._clock()
+        if self.failures == 0:
+            self._first_failure = now
+        self.failures += 1
+        return self.policy.decide(self.failures, now - self._first_failure)

@@ -71,39 +71,80 @@ class RunnerStatistics:
 
 
 class RunnerCounters:
-    """Mutable counters: plain attribute updates, no IO per event.
+    """What a runner has done, counted in memory: no IO per event.
 
-    :meth:`processed_up_to` moves :attr:`position` and :attr:`processed` in
-    one step; a snapshot read synchronously sees them agree.
+    Each method records one thing that happened, moving every count it
+    concerns in one step (:meth:`skipped` counts the skip, the event
+    processed and its position), so that a :meth:`snapshot`, taken with no
+    await, sees them agree.
     """
 
     def __init__(self) -> None:
-        self.started_at: datetime | None = None
+        self._started_at: datetime | None = None
         self._started_monotonic: float | None = None
-        self.position: int | None = None
-        self.processed = 0
-        self.errors = 0
-        self.retries = 0
-        self.skipped = 0
-        self.parked = 0
-        self.reconnections = 0
-        self.last_error: str | None = None
-        self.last_error_at: datetime | None = None
+        self._position: int | None = None
+        self._processed = 0
+        self._errors = 0
+        self._retries = 0
+        self._skipped = 0
+        self._parked = 0
+        self._reconnections = 0
+        self._last_error: str | None = None
+        self._last_error_at: datetime | None = None
         # The last error counted, to count an error that stops the runner once.
         self._last_counted: BaseException | None = None
 
+    @property
+    def position(self) -> int | None:
+        """The last notification id processed, as far as the runner knows."""
+        return self._position
+
+    @property
+    def processed(self) -> int:
+        """Events processed since start: updated the view, skipped or parked."""
+        return self._processed
+
     def start(self, position: int | None) -> None:
-        self.started_at = datetime.now(UTC)
+        """The runner started, at ``position``: the rate is counted from now."""
+        self._started_at = datetime.now(UTC)
         self._started_monotonic = time.monotonic()
-        self.position = position
+        self._position = position
 
     def processed_up_to(self, position: int, count: int = 1) -> None:
-        self.processed += count
-        self.position = position
+        """``count`` events were processed, the last one at ``position``."""
+        self._processed += count
+        self._position = position
+
+    def retried(self) -> None:
+        """An event is to be processed again (the ``retry`` policy)."""
+        self._retries += 1
+
+    def skipped(self, position: int) -> None:
+        """The event at ``position`` was skipped: processed, with no update."""
+        self._skipped += 1
+        self.processed_up_to(position)
+
+    def parked(self, position: int) -> None:
+        """The event at ``position`` was parked: processed, into dead letters."""
+        self._parked += 1
+        self.processed_up_to(position)
+
+    def reconnected(self) -> None:
+        """The database answered again after a connection error."""
+        self._reconnections += 1
+
+    def resubscribed_at(self, position: int | None) -> None:
+        """The runner subscribed again after ``position``, the view's record."""
+        self._position = position
+
+    def advanced_to(self, position: int) -> None:
+        """Another runner has processed up to ``position``: nothing is
+        counted, and the position only moves forward."""
+        self._position = max(self._position or 0, position)
 
     def error(self, error: BaseException) -> None:
         """Count an error, met while it is dealt with (or before it stops)."""
-        self.errors += 1
+        self._errors += 1
         self._show(error)
         self._last_counted = error
 
@@ -113,16 +154,64 @@ class RunnerCounters:
         counted it already)."""
         counted = self._last_counted
         if counted is None or (error is not counted and error.__cause__ is not counted):
-            self.errors += 1
+            self._errors += 1
         self._show(error)
         self._last_counted = None  # Let go of its traceback.
 
     def _show(self, error: BaseException) -> None:
-        self.last_error = repr(error)
-        self.last_error_at = datetime.now(UTC)
+        self._last_error = repr(error)
+        self._last_error_at = datetime.now(UTC)
 
     def events_per_second(self) -> float:
         if self._started_monotonic is None:
             return 0.0
         elapsed = time.monotonic() - self._started_monotonic
-        return self.processed / elapsed if elapsed > 0 else 0.0
+        return self._processed / elapsed if elapsed > 0 else 0.0
+
+    def snapshot(
+        self,
+        application_name: str,
+        projection_name: str,
+        *,
+        is_running: bool,
+        recorded: int | None = None,
+        head: int | None = None,
+        role: str = "leader",
+        owner: str | None = None,
+        epoch: int | None = None,
+        role_since: datetime | None = None,
+    ) -> RunnerStatistics:
+        """The counters of this moment, with what the runner read before.
+
+        ``recorded`` is the view's position, if read: the snapshot's
+        :attr:`~RunnerStatistics.position` is the greater of it and the
+        counted one. ``head`` is the application's last notification id, if
+        read (0 for none): with it comes the
+        :attr:`~RunnerStatistics.lag`, else the lag is None. Synchronous, so
+        that nothing moves the counters while they are taken.
+        """
+        position = self._position
+        if recorded is not None and (position is None or recorded > position):
+            position = recorded
+        lag = None if head is None else max(0, head - (position or 0))
+        return RunnerStatistics(
+            application_name=application_name,
+            projection_name=projection_name,
+            is_running=is_running,
+            position=position,
+            lag=lag,
+            events_processed=self._processed,
+            events_per_second=self.events_per_second(),
+            errors=self._errors,
+            retries=self._retries,
+            skipped=self._skipped,
+            parked=self._parked,
+            reconnections=self._reconnections,
+            last_error=self._last_error,
+            last_error_at=self._last_error_at,
+            started_at=self._started_at,
+            role=role,
+            owner=owner,
+            epoch=epoch,
+            role_since=role_since,
+        )

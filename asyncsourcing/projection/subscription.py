@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Self
 
@@ -16,9 +18,10 @@ from asyncsourcing.persistence import (
     Notification,
     Subscription,
     Tracking,
+    TrackingRecorder,
 )
 
-__all__ = ["ApplicationSubscription", "decode_notification"]
+__all__ = ["ApplicationSubscription", "Subscriber", "decode_notification"]
 
 
 class ApplicationSubscription(
@@ -80,6 +83,71 @@ class ApplicationSubscription(
     ) -> DomainEventProtocol[TAggregateID]:
         """The domain event of ``notification``; errors name the notification."""
         return decode_notification(self.mapper, self.name, notification)
+
+
+class Subscriber:
+    """A runner's subscription to its application: one at a time, from the
+    position recorded in its view.
+
+    Each subscription is entered as a context manager on an
+    :class:`~contextlib.AsyncExitStack` of its own, which :meth:`unsubscribe`
+    closes: subscribing and unsubscribing happen in different calls, often
+    in different tasks (the runner subscribes in ``start()`` and follows in
+    its own task), so no ``async with`` block can span the lifetime.
+    """
+
+    def __init__(
+        self,
+        app: Application[Any],
+        tracking_recorder: TrackingRecorder,
+        topics: Sequence[str],
+        on_caught_up: Callable[[int], Awaitable[float | None]],
+    ) -> None:
+        self._app = app
+        self._tracking_recorder = tracking_recorder
+        self._topics = tuple(topics)
+        self._on_caught_up = on_caught_up
+        self._exit_stack: AsyncExitStack | None = None
+        self._is_stopped = False
+        self.current: ApplicationSubscription[Any] | None = None
+        """The subscription being entered or followed, or None."""
+
+    async def subscribe(self) -> int | None:
+        """End the current subscription, and subscribe after the position
+        recorded in the view, which is returned."""
+        await self.unsubscribe()
+        position = await self._tracking_recorder.max_tracking_id(self._app.name)
+        subscription = ApplicationSubscription(
+            self._app, gt=position, topics=self._topics
+        )
+        subscription.subscription.on_caught_up = self._on_caught_up
+        # Current while it is entered too, so that stop() reaches it.
+        self.current = subscription
+        exit_stack = AsyncExitStack()
+        try:
+            await exit_stack.enter_async_context(subscription)
+        except BaseException:
+            self.current = None  # Entering failed: nothing to exit.
+            raise
+        self._exit_stack = exit_stack
+        if self._is_stopped:
+            subscription.stop()
+        return position
+
+    async def unsubscribe(self) -> None:
+        """Exit the current subscription, if any, whatever it raises:
+        there is nothing left to read from it."""
+        exit_stack, self._exit_stack = self._exit_stack, None
+        self.current = None
+        if exit_stack is not None:
+            with contextlib.suppress(Exception):
+                await exit_stack.aclose()
+
+    def stop(self) -> None:
+        """End the iteration of the current subscription and of any later one."""
+        self._is_stopped = True
+        if self.current is not None:
+            self.current.stop()
 
 
 def decode_notification(
