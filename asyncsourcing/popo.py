@@ -1,8 +1,8 @@
 """The in-memory backend: plain Python objects, for tests and examples.
 
 Each recorder is its own database. Writes are serialised by the recorder's
-``_database_lock`` (an :class:`asyncio.Lock`); subscriptions and waiters are
-woken directly by the writes, with no polling.
+:attr:`~POPORecorder.database_lock` (an :class:`asyncio.Lock`);
+subscriptions and waiters are woken directly by the writes, with no polling.
 """
 
 from __future__ import annotations
@@ -42,8 +42,18 @@ __all__ = [
 
 
 class POPORecorder:
+    """The base of the in-memory recorders: the lock that serialises writes."""
+
     def __init__(self) -> None:
-        self._database_lock = asyncio.Lock()
+        self.database_lock = asyncio.Lock()
+        """Held by every write of the recorder: a view holds it around its
+        update and the tracking it records with it."""
+
+    @property
+    def _database_lock(self) -> asyncio.Lock:
+        """:attr:`database_lock`, by its former name (eventsourcing's): an
+        alias kept for the views that use it."""
+        return self.database_lock
 
 
 class POPOAggregateRecorder(POPORecorder, AggregateRecorder):
@@ -55,7 +65,7 @@ class POPOAggregateRecorder(POPORecorder, AggregateRecorder):
     async def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        async with self._database_lock:
+        async with self.database_lock:
             self._assert_uniqueness(stored_events, **kwargs)
             return self._update_table(stored_events, **kwargs)
 
@@ -176,10 +186,39 @@ class POPOSubscription(Subscription[POPOApplicationRecorder]):
 
 
 class POPOTrackingRecorder(POPORecorder, TrackingRecorder):
+    """Positions of processed events, in memory.
+
+    A view subclasses it, and in its command methods records tracking with
+    its update, under the recorder's lock::
+
+        async with self.database_lock:
+            self.assert_tracking_uniqueness(tracking)
+            self.record_tracking(tracking)
+            ...  # The view's update.
+
+    (``_database_lock``, ``_assert_tracking_uniqueness`` and
+    ``_insert_tracking``, eventsourcing's names, stay as aliases.)
+    """
+
     def __init__(self) -> None:
         super().__init__()
         self._max_tracking_ids: dict[str, int] = {}
         self._parked: list[ParkedEvent] = []
+
+    def assert_tracking_uniqueness(self, tracking: Tracking) -> None:
+        """Raise :class:`IntegrityError` unless ``tracking`` is ahead of the
+        recorded position of its application (call it under
+        :attr:`database_lock`, before the update)."""
+        self._assert_tracking_uniqueness(tracking)
+
+    def record_tracking(self, tracking: Tracking) -> None:
+        """Record ``tracking``, checked by :meth:`assert_tracking_uniqueness`
+        (under :attr:`database_lock`), and wake its waiters."""
+        self._insert_tracking(tracking)
+
+    # eventsourcing's names of the two, kept for the views that use them.
+    # The public names call them, so that a subclass overriding one, as
+    # views written for eventsourcing may, changes both.
 
     def _assert_tracking_uniqueness(self, tracking: Tracking) -> None:
         max_tracking_id = self._max_tracking_ids.get(tracking.application_name)
@@ -196,9 +235,9 @@ class POPOTrackingRecorder(POPORecorder, TrackingRecorder):
         self.position_board.advance(tracking.application_name, tracking.notification_id)
 
     async def insert_tracking(self, tracking: Tracking) -> None:
-        async with self._database_lock:
-            self._assert_tracking_uniqueness(tracking)
-            self._insert_tracking(tracking)
+        async with self.database_lock:
+            self.assert_tracking_uniqueness(tracking)
+            self.record_tracking(tracking)
 
     async def max_tracking_id(self, application_name: str) -> int | None:
         return self._max_tracking_ids.get(application_name)
@@ -206,8 +245,8 @@ class POPOTrackingRecorder(POPORecorder, TrackingRecorder):
     async def park(
         self, tracking: Tracking, topic: str, state: bytes, error: str
     ) -> None:
-        async with self._database_lock:
-            self._assert_tracking_uniqueness(tracking)
+        async with self.database_lock:
+            self.assert_tracking_uniqueness(tracking)
             self._parked.append(
                 ParkedEvent(
                     tracking.application_name,
@@ -218,7 +257,7 @@ class POPOTrackingRecorder(POPORecorder, TrackingRecorder):
                     datetime.now(UTC),
                 )
             )
-            self._insert_tracking(tracking)
+            self.record_tracking(tracking)
 
     async def parked(self, application_name: str) -> list[ParkedEvent]:
         return [p for p in self._parked if p.application_name == application_name]
@@ -233,7 +272,7 @@ class POPOProcessRecorder(
         super()._assert_uniqueness(stored_events, **kwargs)
         tracking: Tracking | None = kwargs.get("tracking")
         if tracking is not None:
-            self._assert_tracking_uniqueness(tracking)
+            self.assert_tracking_uniqueness(tracking)
 
     def _update_table(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -241,7 +280,7 @@ class POPOProcessRecorder(
         notification_ids = super()._update_table(stored_events, **kwargs)
         tracking: Tracking | None = kwargs.get("tracking")
         if tracking is not None:
-            self._insert_tracking(tracking)
+            self.record_tracking(tracking)
         return notification_ids
 
 

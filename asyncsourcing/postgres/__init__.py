@@ -7,7 +7,9 @@ Select it with ``PERSISTENCE_MODULE=asyncsourcing.postgres`` and the
 
 Modules: :mod:`.settings` (settings and their parsing), :mod:`.datastore`
 (pool, table creation, position boards), :mod:`.listener` (the shared LISTEN
-connection), :mod:`.recorders`, :mod:`.subscription`, :mod:`.factory`,
+connection), :mod:`.recorders` (those of :mod:`asyncsourcing.sql`, given
+PostgreSQL's SQL: :mod:`.dialect`, :mod:`.events`, :mod:`.tracking`),
+:mod:`.subscription`, :mod:`.factory`,
 :mod:`.errors` (asyncpg to PEP 249 errors), :mod:`.identifiers`.
 """
 

@@ -1,17 +1,19 @@
 """The Postgres datastore: a lazily created asyncpg pool, one LISTEN connection,
 the position boards of its tracking tables, and the creation of tables.
 
+The datastore implements :class:`~asyncsourcing.sql.datastore.SQLDatastore`.
 Everything the recorders of one factory share lives here:
 
-* the connection pool, created on first use (constructing does no IO);
+* the connection pool, created on first use (constructing does no IO), whose
+  connections :mod:`asyncsourcing.postgres.connections` gives back;
 * the :class:`~asyncsourcing.postgres.listener.PostgresListener`, the one
   LISTEN connection of every subscription and waiter of this datastore;
 * one :class:`~asyncsourcing.waiting.PositionBoard` per tracking table, so
   every recorder instance on that table shares its waiters' reads and is woken
   by the same announcements;
-* the recorders whose tables are still to be created: the first connection
-  handed out creates them, so a recorder constructed without IO (an
-  application's) creates its tables on its first use.
+* the table creators still to run: the first connection handed out runs
+  them, so a recorder constructed without IO (an application's) creates its
+  tables on its first use.
 """
 
 from __future__ import annotations
@@ -19,41 +21,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import itertools
 import json
 import logging
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any, Self, TypeAlias, Union
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import asyncpg
-import asyncpg.pool
-from eventsourcing.persistence import InterfaceError, OperationalError, ProgrammingError
+from eventsourcing.persistence import InterfaceError, OperationalError
 from eventsourcing.utils import Environment
 
-from asyncsourcing.postgres.errors import (
-    translate_connect_errors,
-    translate_error,
-    translate_errors,
+from asyncsourcing.postgres.connections import (
+    PostgresConnection,
+    PostgresConnections,
+    rollback_quietly,
 )
+from asyncsourcing.postgres.errors import is_connection_lost, translate_errors
 from asyncsourcing.postgres.listener import PostgresListener
 from asyncsourcing.postgres.settings import PostgresSettings
 from asyncsourcing.resources import Resource
-from asyncsourcing.waiting import PositionBoard
+from asyncsourcing.sql import datastore as sql
+from asyncsourcing.sql.transactions import PendingTableCreators, TaskTransactions
+from asyncsourcing.waiting import FetchMax, PositionBoard
 
-if TYPE_CHECKING:
-    from asyncsourcing.persistence import Recorder
-
-__all__ = ["PostgresConnection", "PostgresDatastore"]
+__all__ = ["PostgresConnection", "PostgresDatastore", "tracking_channel_name"]
 
 logger = logging.getLogger(__name__)
 
-#: What :meth:`PostgresDatastore.transaction` yields: a pooled asyncpg
-#: connection (``isinstance(conn, asyncpg.Connection)`` is true for it).
-PostgresConnection: TypeAlias = Union[  # forward references: no "|"
-    "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]",
-    "asyncpg.Connection[asyncpg.Record]",
-]
+T = TypeVar("T")
+
+TableCreator = sql.TableCreator[PostgresConnection]
 
 # Serialises table creation across processes (two concurrent "CREATE TABLE IF
 # NOT EXISTS" of one table can fail on the catalog's unique index). Our own
@@ -67,15 +65,10 @@ _creating_tables: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "asyncsourcing_postgres_creating_tables", default=False
 )
 
-_POOL_CLOSE_TIMEOUT = 5.0
-
-# What the error of a statement on a lost connection says (asyncpg only says
-# that the connection is closed, or "released back to the pool").
-_LOST = (
-    "The connection to PostgreSQL was lost (the server ended the session: a "
-    "restart, pg_terminate_backend(), a transaction left idle longer than "
-    "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT; or the network failed)"
-)
+# Reads are idempotent: one that fails because its connection was lost (a
+# terminated backend, a restart) is run again on a fresh connection.
+_READ_ATTEMPTS = 3
+_READ_RETRY_DELAY = 0.05
 
 
 class PostgresDatastore(Resource):
@@ -91,22 +84,14 @@ class PostgresDatastore(Resource):
 
     def __init__(self, settings: PostgresSettings) -> None:
         self.settings = settings
-        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pool_lock = asyncio.Lock()
-        self._closed = False
+        self._connections = PostgresConnections(self, settings, self._init_connection)
         self.listener = PostgresListener(
             self._connect_listener, poll_interval=settings.poll_interval
         )
         self._boards: dict[str, PositionBoard] = {}
-        self._pending_tables: deque[Recorder] = deque()
+        self._table_creators = PendingTableCreators[PostgresConnection]()
         self._create_lock = asyncio.Lock()
-        self._after_commit: dict[object, list[Callable[[], None]]] = {}
-        # The transaction each task has open (connection, is it a write):
-        # the task's nested transactions join it.
-        self._task_transactions: dict[
-            asyncio.Task[Any], tuple[PostgresConnection, bool]
-        ] = {}
+        self._transactions = TaskTransactions[PostgresConnection](self, logger)
 
     @classmethod
     def from_env(cls, env: Environment | Mapping[str, str]) -> Self:
@@ -137,27 +122,27 @@ class PostgresDatastore(Resource):
 
     @property
     def is_closed(self) -> bool:
-        return self._closed
+        return self._connections.closed
 
-    # Connections.
+    # Connections and transactions.
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[PostgresConnection]:
         """A pooled connection, outside any transaction (each statement commits).
 
-        Creates the tables of recorders that are waiting for it first. Inside
-        a :meth:`transaction` of the same task, it is that transaction's
-        connection, so reads see the transaction's own writes (and a task
-        never holds two pooled connections).
+        Runs the pending table creators first. Inside a :meth:`transaction`
+        of the same task, it is that transaction's connection, so reads see
+        the transaction's own writes (and a task never holds two pooled
+        connections).
         """
-        enclosing = self._enclosing_transaction()
+        enclosing = self._transactions.enclosing()
         if enclosing is not None:
             with translate_errors():
                 yield enclosing[0]
             return
         if not _creating_tables.get():
             await self._create_pending_tables()
-        async with self._acquire() as conn:
+        async with self._connections.acquire() as conn:
             yield conn
 
     @contextlib.asynccontextmanager
@@ -179,51 +164,52 @@ class PostgresDatastore(Resource):
         back the whole (a projection runner batches events this way). A write
         cannot join a read transaction: that raises :class:`ProgrammingError`.
         """
-        enclosing = self._enclosing_transaction()
-        if enclosing is not None:
-            conn, is_write = enclosing
-            if commit and not is_write:
-                msg = (
-                    "A write transaction cannot join the read transaction that "
-                    f"its task has open on {self!r}"
-                )
-                raise ProgrammingError(msg)
+        joined = self._transactions.join(commit=commit)
+        if joined is not None:
             with translate_errors():
-                yield conn
+                yield joined
             return
-        task = asyncio.current_task()
-        callbacks: list[Callable[[], None]] = []
         async with self.connection() as conn:
             transaction = conn.transaction()
             await transaction.start()
-            self._after_commit[conn] = callbacks
-            if task is not None:
-                self._task_transactions[task] = (conn, commit)
-            try:
-                yield conn
-            except BaseException:
-                await _rollback_quietly(transaction)
-                raise
-            else:
+            with self._transactions.opened(conn, commit=commit) as callbacks:
+                try:
+                    yield conn
+                except BaseException:
+                    await rollback_quietly(transaction)
+                    raise
                 if commit:
                     await transaction.commit()
                 else:
                     await transaction.rollback()
-            finally:
-                self._after_commit.pop(conn, None)
-                if task is not None:
-                    self._task_transactions.pop(task, None)
         if commit:
-            for callback in callbacks:
-                _call(callback)
+            self._transactions.run_after_commit(callbacks)
 
     def in_transaction(self) -> bool:
         """True when the current task has a transaction open on this datastore."""
-        return self._enclosing_transaction() is not None
+        return self._transactions.enclosing() is not None
 
-    def _enclosing_transaction(self) -> tuple[PostgresConnection, bool] | None:
-        task = asyncio.current_task()
-        return None if task is None else self._task_transactions.get(task)
+    async def read(self, query: Callable[[PostgresConnection], Awaitable[T]]) -> T:
+        """The result of ``query``, run on a pooled connection (see :meth:`connection`).
+
+        A query that fails because its connection was lost (a terminated
+        backend, a restart: :func:`~asyncsourcing.postgres.errors.is_connection_lost`)
+        is run again on a fresh connection, up to three times in all, unless
+        it ran in a transaction of the task, which is lost with it.
+        """
+        for attempt in itertools.count(1):
+            try:
+                async with self.connection() as conn:
+                    return await query(conn)
+            except (OperationalError, InterfaceError) as error:
+                if (
+                    attempt >= _READ_ATTEMPTS
+                    or not is_connection_lost(error)
+                    or self.in_transaction()
+                ):
+                    raise
+            await asyncio.sleep(_READ_RETRY_DELAY * attempt)
+        raise AssertionError  # pragma: no cover (the loop returns or raises)
 
     def call_after_commit(
         self, conn: PostgresConnection, callback: Callable[[], None]
@@ -235,147 +221,70 @@ class PostgresDatastore(Resource):
         its statements have already committed; in a transaction that this
         datastore did not start, never.
         """
-        callbacks = self._after_commit.get(conn)
-        if callbacks is not None:
-            callbacks.append(callback)
-        elif not conn.is_in_transaction():
-            _call(callback)
-
-    @contextlib.asynccontextmanager
-    async def _acquire(self) -> AsyncIterator[PostgresConnection]:
-        pool = await self._get_pool()
-        timeout = self.settings.connect_timeout
-        try:
-            with translate_connect_errors():
-                conn = await pool.acquire(timeout=timeout)
-        except OperationalError as error:
-            if isinstance(error.__cause__, TimeoutError):
-                msg = f"Timed out after {timeout}s getting a connection to PostgreSQL"
-                raise OperationalError(msg) from error.__cause__
-            raise
-        try:
-            yield conn
-        except BaseException as error:
-            translated = _classify(conn, error)
-            # A server's error (a conflict, say) or the caller's own leaves
-            # the connection ready for the next statement; a lost connection
-            # or an interrupted exchange may leave it mid-protocol, so it is
-            # not handed out again.
-            if isinstance(error.__cause__ or error, _BROKEN_CONNECTION_ERRORS):
-                _terminate(conn)
-            if translated is error:
-                raise
-            raise translated from error
-        finally:
-            await _release(pool, conn)
-
-    async def _get_pool(self) -> asyncpg.Pool[asyncpg.Record]:
-        if self._pool is not None:
-            if self._loop is not asyncio.get_running_loop():
-                # asyncpg's connections belong to the loop that opened them.
-                msg = (
-                    f"{self!r} was opened in another event loop: "
-                    "use one datastore (and factory) per event loop"
-                )
-                raise InterfaceError(msg)
-            return self._pool
-        async with self._pool_lock:
-            self._check_open()
-            if self._pool is None:
-                s = self.settings
-                with translate_connect_errors():
-                    pool = await asyncpg.create_pool(
-                        min_size=s.pool_size,
-                        max_size=s.pool_size + s.max_overflow,
-                        max_inactive_connection_lifetime=s.conn_max_age,
-                        init=self._init_connection,
-                        # Skip asyncpg's reset query (a round trip per use):
-                        # an open transaction is still rolled back, and our
-                        # statements leave no session state (SET LOCAL and
-                        # transaction-scoped advisory locks only).
-                        reset=_keep_session,
-                        **s.connect_kwargs(),
-                    )
-                if self._closed:  # Closed while connecting.
-                    pool.terminate()
-                    self._check_open()
-                self._pool = pool
-                self._loop = asyncio.get_running_loop()
-            return self._pool
+        if self._transactions.call_after_commit(conn, callback):
+            return
+        if not conn.is_in_transaction():
+            self._transactions.run_after_commit([callback])
 
     async def _init_connection(self, conn: asyncpg.Connection[Any]) -> None:
         """Called for each new pooled connection; subclasses may add to it."""
 
     async def _connect_listener(self) -> asyncpg.Connection[Any]:
-        self._check_open()
+        self._connections.check_open()
         return await asyncpg.connect(**self.settings.connect_kwargs(listen=True))
-
-    def _check_open(self) -> None:
-        if self._closed:
-            msg = f"{self!r} has been closed"
-            raise InterfaceError(msg)
 
     # Tables.
 
-    def register_table_creation(self, recorder: Recorder) -> None:
-        """Create ``recorder``'s tables before the next connection is handed out.
-
-        Does nothing when the settings say tables are created elsewhere
-        (``CREATE_TABLE=false``).
-        """
-        if self.settings.create_tables and recorder not in self._pending_tables:
-            self._pending_tables.append(recorder)
-
-    def table_creation_done(self, recorder: Recorder) -> None:
-        """``recorder``'s tables exist: don't create them on first use."""
-        with contextlib.suppress(ValueError):
-            self._pending_tables.remove(recorder)
-
     @contextlib.asynccontextmanager
     async def creating_tables(self) -> AsyncIterator[PostgresConnection]:
-        """A transaction for creating tables, serialised across processes."""
-        async with self._acquire() as conn, conn.transaction():
+        """A transaction for creating tables, serialised across processes.
+
+        A connection of its own, even inside a transaction of the task, and
+        without waiting for the pending creators, which it may be running.
+        """
+        async with self._connections.acquire() as conn, conn.transaction():
             await conn.execute(
                 "SELECT pg_advisory_xact_lock($1)", _CREATE_TABLES_LOCK_KEY
             )
             yield conn
 
+    def create_tables_on_first_use(self, creator: TableCreator) -> None:
+        """Run ``creator`` (in :meth:`creating_tables`) before the next
+        connection is handed out, unless ``CREATE_TABLE`` is false."""
+        if self.settings.create_tables:
+            self._table_creators.add(creator)
+
+    def tables_created(self, creator: TableCreator) -> None:
+        """``creator`` has run: it is pending no more."""
+        self._table_creators.discard(creator)
+
     async def _create_pending_tables(self) -> None:
-        if not self._pending_tables:
+        if not self._table_creators:
             return
         async with self._create_lock:
             token = _creating_tables.set(True)
             try:
-                while self._pending_tables:
-                    # Left in the queue until its tables exist, so that other
-                    # tasks wait on the lock meanwhile, and after a failure
-                    # the next use tries again.
-                    recorder = self._pending_tables[0]
-                    await recorder.create_table()
-                    self.table_creation_done(recorder)
+                await self._table_creators.run(self.creating_tables)
             finally:
                 _creating_tables.reset(token)
 
     # Position boards.
 
-    def position_board(
-        self,
-        tracking_table_name: str,
-        fetch_max: Callable[[str], Awaitable[int | None]],
-        channel: str,
-    ) -> PositionBoard:
-        """The board of ``tracking_table_name``, shared by all its recorders.
+    def position_board(self, tracking_table: str, fetch_max: FetchMax) -> PositionBoard:
+        """The board of ``tracking_table``, shared by all its recorders.
 
         Waiters are woken by this process's commits (see
-        :meth:`call_after_commit`) and by notifications on ``channel``, whose
-        payload names the schema, table, application and position: no query
-        is needed to wake them. Before its first read the board makes sure the
-        channel is listened to. The listener's poll ticks re-read what tasks
-        wait for, as a safety net.
+        :meth:`advance_position_board`) and by the notifications on the
+        table's channel (:func:`tracking_channel_name`), whose payload names
+        the schema, table, application and position: no query is needed to
+        wake them. Before its first read the board makes sure the channel is
+        listened to. The listener's poll ticks re-read what tasks wait for,
+        as a safety net.
         """
-        board = self._boards.get(tracking_table_name)
+        board = self._boards.get(tracking_table)
         if board is None:
-            self._check_open()
+            self._connections.check_open()
+            channel = tracking_channel_name(tracking_table)
             board = PositionBoard(
                 fetch_max,
                 before_fetch=partial(self.listener.listening, channel),
@@ -384,17 +293,19 @@ class PostgresDatastore(Resource):
             )
             self.listener.register(
                 channel,
-                on_notify=partial(
-                    self._on_tracking_notified, tracking_table_name, board
-                ),
+                on_notify=partial(self._on_tracking_notified, tracking_table, board),
                 on_resync=partial(_resync_board, board),
             )
-            self._boards[tracking_table_name] = board
+            self._boards[tracking_table] = board
         return board
 
-    def existing_position_board(self, tracking_table_name: str) -> PositionBoard | None:
-        """The board of ``tracking_table_name`` if someone has waited on it."""
-        return self._boards.get(tracking_table_name)
+    def advance_position_board(
+        self, tracking_table: str, application_name: str, position: int
+    ) -> None:
+        """Advance the board of ``tracking_table``, if anyone has waited on it."""
+        board = self._boards.get(tracking_table)
+        if board is not None:
+            board.advance(application_name, position)
 
     def _on_tracking_notified(
         self, tracking_table_name: str, board: PositionBoard, payload: str
@@ -424,10 +335,10 @@ class PostgresDatastore(Resource):
         Subscriptions of this datastore stop; waiters get
         :class:`~eventsourcing.persistence.WaitInterruptedError`.
         """
-        if self._closed:
+        if self._connections.closed:
             return
-        self._closed = True
-        pool, self._pool = self._pool, None
+        # From now on nothing is lent, even before the pool closes.
+        self._connections.closed = True
         try:
             await self.listener.close()
             boards = list(self._boards.values())
@@ -435,8 +346,16 @@ class PostgresDatastore(Resource):
             for board in boards:
                 await board.aclose()
         finally:
-            if pool is not None:
-                await _close_pool(pool)
+            await self._connections.close()
+
+
+def tracking_channel_name(tracking_table: str) -> str:
+    """The channel on which commits to ``tracking_table`` are announced.
+
+    A channel name is an identifier, so the ``.`` of a qualified table name
+    is replaced; the payload of each announcement names the schema and table.
+    """
+    return tracking_table.replace(".", "_")
 
 
 def _resync_board(board: PositionBoard, missed: bool) -> None:
@@ -446,109 +365,9 @@ def _resync_board(board: PositionBoard, missed: bool) -> None:
     board.refresh()
 
 
-def _call(callback: Callable[[], None]) -> None:
-    try:
-        callback()
-    except Exception:
-        logger.exception("Error in an after-commit callback")
+if TYPE_CHECKING:
 
-
-async def _rollback_quietly(transaction: asyncpg.transaction.Transaction) -> None:
-    # The original error matters, not a failure to roll back (the connection
-    # may be gone, or asyncpg's protocol left in another state: the pool
-    # discards it on release).
-    try:
-        await transaction.rollback()
-    except Exception as error:
-        logger.debug("Rollback failed: %r", error)
-
-
-def _classify(conn: PostgresConnection, error: BaseException) -> BaseException:
-    """What a block that used ``conn`` raises for ``error``.
-
-    asyncpg's errors come out as PEP 249 errors, the caller's own errors as
-    they are, except when ``conn`` has been lost meanwhile: then the block's
-    work cannot have committed, whatever the error says (asyncpg's "released
-    back to the pool", or a projection's own error wrapping asyncpg's), so
-    it comes out as an :class:`OperationalError`, which projection runners
-    answer by reconnecting or stopping, never by skipping the event.
-    """
-    translated = error
-    if isinstance(
-        error,
-        asyncpg.PostgresError
-        | asyncpg.InterfaceError
-        | asyncpg.exceptions.InternalClientError,
-    ):
-        translated = translate_error(error)
-    if (
-        isinstance(error, Exception)  # Not a cancellation.
-        and not isinstance(translated, OperationalError)
-        and _is_lost(conn)
-    ):
-        return OperationalError(f"{_LOST}: {type(error).__name__}: {error}")
-    return translated
-
-
-def _is_lost(conn: PostgresConnection) -> bool:
-    """True if ``conn`` is closed, or asyncpg has taken it back from us."""
-    try:
-        return conn.is_closed()
-    except asyncpg.InterfaceError:
-        # "connection has been released back to the pool": asyncpg detaches
-        # a pooled connection from its proxy when the connection is lost.
-        return True
-
-
-def _terminate(conn: PostgresConnection) -> None:
-    # Already released ("connection has been released back to the pool"):
-    # asyncpg has discarded the lost connection itself.
-    with contextlib.suppress(asyncpg.InterfaceError):
-        conn.terminate()
-
-
-async def _release(
-    pool: asyncpg.Pool[asyncpg.Record],
-    conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record],
-) -> None:
-    """Give ``conn`` back to ``pool``, which discards it if it is broken.
-
-    The block's outcome is settled by now (committed, rolled back or
-    raised): a failure to reset the connection, or a pool terminated
-    meanwhile, must not replace it. asyncpg terminates a connection whose
-    reset fails, so nothing is left open.
-    """
-    try:
-        # asyncpg shields the release, and discards a terminated connection.
-        await pool.release(conn)
-    except Exception as error:
-        logger.debug("Releasing a Postgres connection failed: %r", error)
-
-
-async def _close_pool(pool: asyncpg.Pool[asyncpg.Record]) -> None:
-    try:
-        await asyncio.wait_for(pool.close(), _POOL_CLOSE_TIMEOUT)
-    except TimeoutError:
-        # A connection was not released in time: close them all now rather
-        # than leave any behind.
-        logger.warning("Postgres pool did not close in time; terminating it")
-        pool.terminate()
-    except BaseException:
-        # Our caller is cancelled: still leave no connection behind.
-        pool.terminate()
-        raise
-
-
-async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
-    """The pool's reset: nothing beyond asyncpg's rollback of an open transaction."""
-
-
-# What a connection may be left unusable by (the cause, for translated errors).
-_BROKEN_CONNECTION_ERRORS = (
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.InternalClientError,
-    ConnectionError,
-    OSError,
-    TimeoutError,
-    asyncio.CancelledError,
-)
+    def _implements_the_protocol(
+        datastore: PostgresDatastore,
+    ) -> sql.SQLDatastore[PostgresConnection]:
+        return datastore

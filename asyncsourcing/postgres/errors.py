@@ -28,7 +28,6 @@ from eventsourcing.persistence import (
 
 __all__ = [
     "is_connection_lost",
-    "translate_connect_errors",
     "translate_error",
     "translate_errors",
 ]
@@ -85,6 +84,15 @@ _SESSION_LOST_SQLSTATE_PREFIXES = ("08", "57P", "25P03", "25P04")
 
 # How far down a chain of translated errors to look for asyncpg's.
 _MAX_CAUSES = 8
+
+# What asyncpg raises: the server's errors, and the driver's own.
+_DRIVER_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+)
+# What opening a connection also raises: the socket's errors.
+_CONNECT_ERRORS = (*_DRIVER_ERRORS, OSError, TimeoutError)
 
 # asyncpg's message for a statement given the wrong number of arguments: an
 # InterfaceError, but the caller's mistake, not the connection's.
@@ -163,33 +171,16 @@ def is_connection_lost(error: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def translate_errors() -> Iterator[None]:
-    """Raise asyncpg's errors as PEP 249 errors, chained to the original."""
-    try:
-        yield
-    except (
-        asyncpg.PostgresError,
-        asyncpg.InterfaceError,
-        asyncpg.exceptions.InternalClientError,
-    ) as error:
-        raise translate_error(error) from error
+def translate_errors(*, connecting: bool = False) -> Iterator[None]:
+    """Raise asyncpg's errors as PEP 249 errors, chained to the original.
 
-
-@contextlib.contextmanager
-def translate_connect_errors() -> Iterator[None]:
-    """Like :func:`translate_errors`, also for the socket errors of connecting.
-
-    Only around connecting: elsewhere a builtin :class:`TimeoutError` is the
-    caller's own (``wait()`` raises one) and must not be turned into a
-    database error.
+    ``connecting``: also the socket errors (:class:`OSError`,
+    :class:`TimeoutError`) of opening a connection. Only there: elsewhere a
+    builtin :class:`TimeoutError` is the caller's own (``wait()`` raises
+    one) and must not be turned into a database error.
     """
+    caught = _CONNECT_ERRORS if connecting else _DRIVER_ERRORS
     try:
         yield
-    except (
-        asyncpg.PostgresError,
-        asyncpg.InterfaceError,
-        asyncpg.exceptions.InternalClientError,
-        OSError,
-        TimeoutError,
-    ) as error:
+    except caught as error:
         raise translate_error(error) from error

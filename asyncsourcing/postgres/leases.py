@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from asyncsourcing.leases import FencedError, Lease, Leases, Presence, SessionLock
-from asyncsourcing.postgres.errors import translate_connect_errors, translate_errors
+from asyncsourcing.postgres.errors import translate_errors
 from asyncsourcing.postgres.identifiers import qualified
 
 if TYPE_CHECKING:
@@ -271,7 +271,7 @@ class PostgresSessionLock(SessionLock):
     async def _connection(self) -> asyncpg.Connection[Any]:
         if self._conn is None or self._conn.is_closed():
             settings = self._datastore.settings
-            with translate_connect_errors():
+            with translate_errors(connecting=True):
                 conn = await asyncpg.connect(**settings.connect_kwargs(listen=True))
                 try:
                     await conn.execute(f"SET lock_timeout = '{_LOCK_WAIT_STEP}s'")

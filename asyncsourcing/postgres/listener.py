@@ -34,7 +34,7 @@ import asyncpg
 import asyncpg.pool
 from eventsourcing.persistence import InterfaceError
 
-from asyncsourcing.postgres.errors import translate_connect_errors, translate_errors
+from asyncsourcing.postgres.errors import translate_errors
 from asyncsourcing.postgres.identifiers import check_identifier
 
 __all__ = ["ListenerRegistration", "PostgresListener"]
@@ -199,7 +199,7 @@ class PostgresListener:
     # Internals.
 
     async def _open(self) -> asyncpg.Connection[Any]:
-        with translate_connect_errors():
+        with translate_errors(connecting=True):
             return await self._connect()
 
     def _attach(self, conn: asyncpg.Connection[Any]) -> None:

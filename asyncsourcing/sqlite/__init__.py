@@ -7,7 +7,11 @@ library is read, subscribed to and projected by the other. Modules:
   connections and transactions;
 - :mod:`~asyncsourcing.sqlite.notifier`: the process-wide wake-ups of
   subscriptions and waiters;
-- :mod:`~asyncsourcing.sqlite.recorders`: the recorders;
+- :mod:`~asyncsourcing.sqlite.recorders`: the recorders, those of
+  :mod:`asyncsourcing.sql` given SQLite's SQL: :mod:`.dialect`,
+  :mod:`.events` (events tables) and :mod:`.tracking` (tracking tables);
+- :mod:`~asyncsourcing.sqlite.ownership`: which projection records which
+  application's positions in which tracking table;
 - :mod:`~asyncsourcing.sqlite.subscription`: :class:`SQLiteSubscription`;
 - :mod:`~asyncsourcing.sqlite.settings`: :class:`SQLiteSettings`, the
   settings and their parsing;

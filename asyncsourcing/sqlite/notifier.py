@@ -25,17 +25,21 @@ from typing import Protocol
 from asyncsourcing.persistence import InterfaceError
 from asyncsourcing.waiting import FetchMax, PositionBoard
 
-__all__ = ["Listener", "SQLiteNotifier", "shared_notifier"]
+__all__ = ["SQLiteNotifier", "Subscriber", "shared_notifier"]
 
 
-class Listener(Protocol):
-    """What a notifier wakes: a subscription."""
+class Subscriber(Protocol):
+    """What a notifier wakes: a subscription.
+
+    (On PostgreSQL, the listener is the LISTEN connection that wakes the
+    subscribers: :class:`~asyncsourcing.postgres.listener.PostgresListener`.)
+    """
 
     def notify(self) -> None:
         """New events may have been committed."""
 
     def stop(self) -> None:
-        """The datastore the listener reads through has been closed."""
+        """The datastore the subscriber reads through has been closed."""
 
 
 class _TrackingChannel:
@@ -70,7 +74,8 @@ class SQLiteNotifier:
         self.name = name
         self._on_empty = on_empty
         self._owners: set[object] = set()
-        self._listeners: dict[str, dict[Listener, object]] = {}
+        # The subscribers of each events table, each with its datastore.
+        self._subscribers: dict[str, dict[Subscriber, object]] = {}
         self._channels: dict[str, _TrackingChannel] = {}
 
     def __repr__(self) -> str:
@@ -81,17 +86,17 @@ class SQLiteNotifier:
         self._owners.add(owner)
 
     def detach(self, owner: object) -> list[PositionBoard]:
-        """Forget ``owner``: stop its listeners, drop its board readers.
+        """Forget ``owner``: stop its subscribers, drop its board readers.
 
         Returns the boards no attached datastore reads any more; the caller
         closes them (:meth:`PositionBoard.aclose`), which fails their
         waiters with :class:`WaitInterruptedError`.
         """
         self._owners.discard(owner)
-        for listeners in self._listeners.values():
-            for listener in [li for li, o in listeners.items() if o is owner]:
-                del listeners[listener]
-                listener.stop()
+        for subscribers in self._subscribers.values():
+            for subscriber in [s for s, o in subscribers.items() if o is owner]:
+                del subscribers[subscriber]
+                subscriber.stop()
         unused = []
         for table, channel in list(self._channels.items()):
             channel.fetchers.pop(owner, None)
@@ -104,19 +109,21 @@ class SQLiteNotifier:
 
     # Events.
 
-    def add_listener(
-        self, owner: object, events_table: str, listener: Listener
+    def add_subscriber(
+        self, owner: object, events_table: str, subscriber: Subscriber
     ) -> None:
-        """Wake ``listener`` when events are committed to ``events_table``."""
-        self._listeners.setdefault(events_table, {})[listener] = owner
+        """Wake ``subscriber`` when events are committed to ``events_table``;
+        stop it when ``owner``, the datastore it reads through, detaches."""
+        self._subscribers.setdefault(events_table, {})[subscriber] = owner
 
-    def discard_listener(self, events_table: str, listener: Listener) -> None:
-        self._listeners.get(events_table, {}).pop(listener, None)
+    def discard_subscriber(self, events_table: str, subscriber: Subscriber) -> None:
+        """Wake ``subscriber`` no more (nothing if it is not subscribed)."""
+        self._subscribers.get(events_table, {}).pop(subscriber, None)
 
     def events_committed(self, events_table: str) -> None:
-        """Events have been committed to ``events_table``: wake its listeners."""
-        for listener in list(self._listeners.get(events_table, ())):
-            listener.notify()
+        """Events have been committed to ``events_table``: wake its subscribers."""
+        for subscriber in list(self._subscribers.get(events_table, ())):
+            subscriber.notify()
 
     # Tracking.
 
@@ -135,12 +142,35 @@ class SQLiteNotifier:
         board is made, is how often it re-reads positions that tasks wait
         for, to notice other processes' commits.
         """
+        channel = self._channel(tracking_table, poll_interval)
+        channel.fetchers.setdefault(owner, fetch_max)
+        return channel.board
+
+    def advance_position_board(
+        self,
+        tracking_table: str,
+        application_name: str,
+        position: int,
+        *,
+        poll_interval: float | None,
+    ) -> None:
+        """Tell the board of ``tracking_table`` of a commit of ``position``.
+
+        The board is made if need be (``poll_interval`` as in
+        :meth:`position_board`), so that it knows the position without a
+        read when a recorder of any attached datastore asks for it.
+        """
+        channel = self._channel(tracking_table, poll_interval)
+        channel.board.advance(application_name, position)
+
+    def _channel(
+        self, tracking_table: str, poll_interval: float | None
+    ) -> _TrackingChannel:
         channel = self._channels.get(tracking_table)
         if channel is None:
             channel = _TrackingChannel(tracking_table, poll_interval)
             self._channels[tracking_table] = channel
-        channel.fetchers.setdefault(owner, fetch_max)
-        return channel.board
+        return channel
 
 
 _notifiers: weakref.WeakKeyDictionary[

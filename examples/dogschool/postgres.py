@@ -33,5 +33,5 @@ class PostgresCounters(PostgresTrackingRecorder, CountersView):
 
     async def incr_count(self, name: str, tracking: Tracking) -> None:
         async with self.datastore.transaction(commit=True) as connection:
-            await self._insert_tracking(connection, tracking)
+            await self.record_tracking(connection, tracking)
             await connection.execute(self.incr_statement, name)

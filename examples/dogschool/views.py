@@ -27,7 +27,7 @@ class POPOCounters(POPOTrackingRecorder, CountersView):
         return self._counts.get(name, 0)
 
     async def incr_count(self, name: str, tracking: Tracking) -> None:
-        async with self._database_lock:
-            self._assert_tracking_uniqueness(tracking)
-            self._insert_tracking(tracking)
+        async with self.database_lock:
+            self.assert_tracking_uniqueness(tracking)
+            self.record_tracking(tracking)
             self._counts[name] = self._counts.get(name, 0) + 1

@@ -52,5 +52,5 @@ class PostgresEventCounters(PostgresTrackingRecorder, EventCountersView):
 
     async def _incr_counter(self, name: str, tracking: Tracking) -> None:
         async with self.datastore.transaction(commit=True) as conn:
-            await self._insert_tracking(conn, tracking)
+            await self.record_tracking(conn, tracking)
             await conn.execute(self.incr_counter_statement, name)

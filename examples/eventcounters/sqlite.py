@@ -56,5 +56,5 @@ class SQLiteEventCounters(SQLiteTrackingRecorder, EventCountersView):
 
     async def _incr_counter(self, name: str, tracking: Tracking) -> None:
         async with self.datastore.transaction(commit=True) as connection:
-            await self._insert_tracking(connection, tracking)
+            await self.record_tracking(connection, tracking)
             await connection.execute(self.incr_counter_statement, (name,))

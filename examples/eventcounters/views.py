@@ -37,13 +37,13 @@ class POPOEventCounters(POPOTrackingRecorder, EventCountersView):
         return self._subsequent_event_counter
 
     async def incr_created_event_counter(self, tracking: Tracking) -> None:
-        async with self._database_lock:
-            self._assert_tracking_uniqueness(tracking)
-            self._insert_tracking(tracking)
+        async with self.database_lock:
+            self.assert_tracking_uniqueness(tracking)
+            self.record_tracking(tracking)
             self._created_event_counter += 1
 
     async def incr_subsequent_event_counter(self, tracking: Tracking) -> None:
-        async with self._database_lock:
-            self._assert_tracking_uniqueness(tracking)
-            self._insert_tracking(tracking)
+        async with self.database_lock:
+            self.assert_tracking_uniqueness(tracking)
+            self.record_tracking(tracking)
             self._subsequent_event_counter += 1

@@ -1,0 +1,392 @@
+"""PostgreSQL's SQL of an events table, and of the functions that insert into it.
+
+The table, columns, index, composite type, eventsourcing's insert function,
+notification-id ordering rule and NOTIFY channel are those of
+``eventsourcing.postgres`` 9.5, so both libraries can share one database.
+Inserting into an application's table takes its EXCLUSIVE lock, as
+eventsourcing does, so that transactions get their notification ids and
+commit one after the other, and NOTIFYs the channel named after the table,
+which wakes subscriptions in every process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import asyncpg
+from eventsourcing.persistence import Notification, ProgrammingError, StoredEvent
+
+from asyncsourcing.postgres.dialect import TABLE_OPTIONS, truncate_identifier
+from asyncsourcing.postgres.identifiers import (
+    dollar_quote,
+    qualified,
+    quote_identifier,
+)
+
+if TYPE_CHECKING:
+    from asyncsourcing.postgres.datastore import PostgresConnection, PostgresDatastore
+
+__all__ = ["PostgresEventsDialect"]
+
+logger = logging.getLogger(__name__)
+
+
+class PostgresEventsDialect:
+    """The statements of the events table ``table_name`` of ``datastore``.
+
+    With ``notification_ids``, the table has eventsourcing's
+    ``notification_id`` column and index, and inserts lock it and notify;
+    without (an aggregate recorder's, such as the snapshots'), neither.
+    """
+
+    def __init__(
+        self, datastore: PostgresDatastore, table_name: str, *, notification_ids: bool
+    ) -> None:
+        self.datastore = datastore
+        self.table_name = table_name
+        self.notification_ids = notification_ids
+        # Inserts alone are one round trip: a statement, or a function call
+        # (until the function is found missing: tables made elsewhere).
+        self.inserts_alone = True
+        id_type = datastore.originator_id_type
+        # Index names can't be qualified: the index goes in the table's schema.
+        # Not checked, but cut as PostgreSQL does, as eventsourcing leaves it.
+        self.notification_id_index_name = truncate_identifier(
+            f"{table_name}_notification_id_idx"
+        )
+        self.stored_event_type_name = f"stored_event_{id_type}"
+        self.channel_name = table_name.replace(".", "_")
+        self.pg_function_name_insert_events = f"es_insert_events_{id_type}"
+        self.table = qualified(datastore.schema, table_name)
+        self._insert_function = qualified(
+            datastore.schema, f"asyncsourcing_insert_events_{id_type}"
+        )
+        # Parallel arrays, unnested together: one statement, one round trip,
+        # rows in the order given.
+        self._insert_statement = (
+            f"INSERT INTO {self.table} "
+            "(originator_id, originator_version, topic, state) "
+            "SELECT * FROM unnest("
+            f"$1::{quote_identifier(id_type)}[], $2::bigint[], $3::text[], "
+            "$4::bytea[])"
+        ) + (" RETURNING notification_id" if notification_ids else "")
+        self._select_events_statement = (
+            "SELECT originator_id, originator_version, topic, state "
+            f"FROM {self.table} WHERE originator_id = $1"
+        )
+        self.lock_table_statement = f"LOCK TABLE {self.table} IN EXCLUSIVE MODE"
+        # One simple-protocol round trip for both (no parameters: identifiers
+        # only). NOTIFY is delivered at commit, to every LISTEN connection.
+        self._lock_table_and_notify_statement = (
+            f"{self.lock_table_statement}; NOTIFY {quote_identifier(self.channel_name)}"
+        )
+        self._max_notification_id_statement = (
+            f"SELECT MAX(notification_id) FROM {self.table}"
+        )
+        self._select_notifications_statements: dict[tuple[bool, ...], str] = {}
+        self._insert_function_statement = (
+            f"SELECT * FROM {self._insert_function}($1, $2, $3, $4, $5, $6, $7, $8)"
+        )
+
+    def create_table_statements(self) -> list[str]:
+        id_type = quote_identifier(self.datastore.originator_id_type)
+        stored_event_type = qualified(
+            self.datastore.schema, self.stored_event_type_name
+        )
+        notification_id = "notification_id bigserial, " if self.notification_ids else ""
+        statements = [
+            f"CREATE TABLE IF NOT EXISTS {self.table} ("
+            f"originator_id {id_type} NOT NULL, "
+            "originator_version bigint NOT NULL, "
+            "topic text, "
+            "state bytea, "
+            f"{notification_id}"
+            "PRIMARY KEY "
+            f"(originator_id, originator_version)) {TABLE_OPTIONS}",
+            # eventsourcing inserts through this type; created so that it can
+            # use tables created here even with CREATE_TABLE=false.
+            f"CREATE TYPE {stored_event_type} "
+            f"AS (originator_id {id_type}, "
+            "originator_version bigint, "
+            "topic text, "
+            "state bytea)",
+        ]
+        if self.notification_ids:
+            statements += [
+                "CREATE UNIQUE INDEX IF NOT EXISTS "
+                f"{quote_identifier(self.notification_id_index_name)} "
+                f"ON {self.table} (notification_id ASC);",
+                self._create_insert_function_statement(id_type),
+            ]
+        return statements
+
+    def _create_insert_function_statement(self, id_type: str) -> str:
+        """Saves go through one call of this function each: lock, notify and
+        insert in one round trip and one implicit transaction."""
+        return (
+            f"CREATE OR REPLACE FUNCTION {self._insert_function}("
+            "events_schema text, events_table text, channel text, "
+            f"lock_timeout text, originator_ids {id_type}[], "
+            "originator_versions bigint[], topics text[], states bytea[]) "
+            # A fixed body: the names are arguments, quoted by format('%I').
+            "RETURNS SETOF bigint LANGUAGE plpgsql AS $BODY$ "
+            "BEGIN "
+            "IF lock_timeout IS NOT NULL THEN "
+            "PERFORM set_config('lock_timeout', lock_timeout, true); "
+            "END IF; "
+            # EXCLUSIVE blocks other writers, not readers, until commit: ids
+            # are issued and committed in order.
+            "EXECUTE format('LOCK TABLE %I.%I IN EXCLUSIVE MODE', "
+            "events_schema, events_table); "
+            "PERFORM pg_notify(channel, ''); "
+            "RETURN QUERY EXECUTE format("
+            "'INSERT INTO %I.%I (originator_id, originator_version, topic, state) "
+            "SELECT * FROM unnest($1, $2, $3, $4) RETURNING notification_id', "
+            "events_schema, events_table) "
+            "USING originator_ids, originator_versions, topics, states; "
+            "END; $BODY$"
+        )
+
+    async def create_insert_events_function(self, conn: PostgresConnection) -> None:
+        """eventsourcing's insert function (used with POSTGRES_ENABLE_DB_FUNCTIONS).
+
+        Like eventsourcing, one function per schema and originator id type,
+        replaced by each application recorder's creation, with eventsourcing's
+        body and one statement more: it takes the table's EXCLUSIVE lock, as
+        every other insert does, so that events saved through it commit in
+        the order of their notification ids (eventsourcing's own body takes
+        no lock). The body holds the lock timeout, a value: it is quoted by
+        the server (``format('%L')``) from a query parameter, never formatted
+        in here. The body is dollar-quoted with a delimiter that does not
+        occur in it, whatever the schema's name.
+        """
+
+        def ident(name: str) -> str:
+            return quote_identifier(name).replace("%", "%%")
+
+        schema = quote_identifier(self.datastore.schema)
+        body_template = (
+            "BEGIN"
+            "    SET LOCAL lock_timeout = %L;"
+            f"    {self.lock_table_statement.replace('%', '%%')};"
+            f"    NOTIFY {ident(self.channel_name)};"
+            "    RETURN QUERY"
+            f"    INSERT INTO {ident(self.datastore.schema)}."
+            f"{ident(self.table_name)} AS t ("
+            "    originator_id, originator_version, topic, state)"
+            "    SELECT originator_id, originator_version, topic, state"
+            "    FROM unnest(events)"
+            "    RETURNING notification_id;"
+            "END;"
+        )
+        body: str = await conn.fetchval(
+            "SELECT format($1::text, $2::text)",
+            body_template,
+            f"{self.datastore.lock_timeout}s",
+        )
+        await conn.execute(
+            "CREATE OR REPLACE FUNCTION "
+            f"{schema}.{quote_identifier(self.pg_function_name_insert_events)}"
+            f"(events {schema}.{quote_identifier(self.stored_event_type_name)}[]) "
+            "RETURNS SETOF bigint "
+            "LANGUAGE plpgsql "
+            "AS "
+            f"{dollar_quote(body)}"
+        )
+
+    async def check_insert_events_function(self, conn: PostgresConnection) -> bool:
+        """Whether eventsourcing's insert function, if there is one, locks the
+        table; logs a warning naming it if not (see
+        :meth:`PostgresApplicationRecorder.check_insert_events_function
+        <asyncsourcing.postgres.PostgresApplicationRecorder.check_insert_events_function>`).
+        """
+        rows = await conn.fetch(
+            "SELECT p.prosrc FROM pg_proc p "
+            "JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = $1 AND p.proname = $2",
+            self.datastore.schema,
+            self.pg_function_name_insert_events,
+        )
+        unsafe = [row[0] for row in rows if "LOCK TABLE" not in row[0].upper()]
+        if unsafe:
+            logger.warning(
+                "The function %s.%s inserts events without locking the events "
+                "table (eventsourcing re-creates it so whenever it creates its "
+                "tables): events that eventsourcing applications with "
+                "POSTGRES_ENABLE_DB_FUNCTIONS=yes save through it can commit out "
+                "of the order of their notification ids, and subscriptions and "
+                "projections can pass over them. Start an asyncsourcing "
+                "application with CREATE_TABLE=true after eventsourcing's to "
+                "re-create it with the lock, and give eventsourcing "
+                "CREATE_TABLE=false, or leave POSTGRES_ENABLE_DB_FUNCTIONS off.",
+                quote_identifier(self.datastore.schema),
+                quote_identifier(self.pg_function_name_insert_events),
+            )
+        return not unsafe
+
+    # Inserting.
+
+    def _insert_args(
+        self, stored_events: Sequence[StoredEvent]
+    ) -> tuple[list[UUID | str], list[int], list[str], list[bytes]]:
+        return (
+            [self._originator_id(e.originator_id) for e in stored_events],
+            [e.originator_version for e in stored_events],
+            [e.topic for e in stored_events],
+            [e.state for e in stored_events],
+        )
+
+    async def insert(
+        self, conn: PostgresConnection, stored_events: Sequence[StoredEvent]
+    ) -> Sequence[int]:
+        if not self.notification_ids:
+            await conn.execute(
+                self._insert_statement, *self._insert_args(stored_events)
+            )
+            return []
+        # The lock waits at most lock_timeout (0: forever), for this
+        # transaction only, as eventsourcing's "SET LOCAL lock_timeout".
+        await conn.execute(
+            "SELECT set_config('lock_timeout', $1, true)",
+            f"{self.datastore.lock_timeout}s",
+        )
+        # EXCLUSIVE does not block readers (ACCESS SHARE), only other
+        # writers, until commit: ids are then issued and committed in order.
+        await conn.execute(self._lock_table_and_notify_statement)
+        rows = await conn.fetch(
+            self._insert_statement, *self._insert_args(stored_events)
+        )
+        return [row[0] for row in rows]
+
+    async def insert_alone(
+        self, stored_events: Sequence[StoredEvent]
+    ) -> Sequence[int] | None:
+        if not self.notification_ids:
+            # One statement, which commits by itself.
+            async with self.datastore.connection() as conn:
+                return await self.insert(conn, stored_events)
+        lock_timeout = self.datastore.lock_timeout
+        try:
+            async with self.datastore.connection() as conn:
+                rows = await conn.fetch(
+                    self._insert_function_statement,
+                    self.datastore.schema,
+                    self.table_name,
+                    self.channel_name,
+                    f"{lock_timeout}s" if lock_timeout else None,
+                    *self._insert_args(stored_events),
+                )
+        except ProgrammingError as error:
+            if not isinstance(error.__cause__, asyncpg.UndefinedFunctionError):
+                raise
+            # Tables made elsewhere (CREATE_TABLE=false), without our function.
+            self.inserts_alone = False
+            return None
+        return [row[0] for row in rows]
+
+    # Selecting.
+
+    async def select_events(
+        self,
+        conn: PostgresConnection,
+        originator_id: UUID | str,
+        *,
+        gt: int | None,
+        lte: int | None,
+        desc: bool,
+        limit: int | None,
+    ) -> Sequence[StoredEvent]:
+        statement = self._select_events_statement
+        params: list[Any] = [self._originator_id(originator_id)]
+        if gt is not None:
+            params.append(gt)
+            statement += f" AND originator_version > ${len(params)}"
+        if lte is not None:
+            params.append(lte)
+            statement += f" AND originator_version <= ${len(params)}"
+        statement += " ORDER BY originator_version " + ("DESC" if desc else "ASC")
+        if limit is not None:
+            params.append(limit)
+            statement += f" LIMIT ${len(params)}"
+        rows = await conn.fetch(statement, *params)
+        return [
+            StoredEvent(
+                originator_id=row[0],
+                originator_version=row[1],
+                topic=row[2],
+                state=bytes(row[3]),
+            )
+            for row in rows
+        ]
+
+    async def select_notifications(
+        self,
+        conn: PostgresConnection,
+        *,
+        start: int | None,
+        limit: int,
+        stop: int | None,
+        topics: Sequence[str],
+        inclusive_of_start: bool,
+    ) -> Sequence[Notification]:
+        params: list[Any] = []
+        if start is not None:
+            params.append(start)
+        if stop is not None:
+            params.append(stop)
+        if topics:
+            params.append(list(topics))
+        params.append(limit)
+        statement = self._select_notifications_statement(
+            start is not None, inclusive_of_start, stop is not None, bool(topics)
+        )
+        rows = await conn.fetch(statement, *params)
+        return [
+            Notification(
+                id=row[0],
+                originator_id=row[1],
+                originator_version=row[2],
+                topic=row[3],
+                state=bytes(row[4]),
+            )
+            for row in rows
+        ]
+
+    def _select_notifications_statement(
+        self,
+        has_start: bool,
+        inclusive_of_start: bool,
+        has_stop: bool,
+        has_topics: bool,
+    ) -> str:
+        key = (has_start, inclusive_of_start, has_stop, has_topics)
+        statement = self._select_notifications_statements.get(key)
+        if statement is None:
+            conditions: list[str] = []
+            if has_start:
+                operator = ">=" if inclusive_of_start else ">"
+                conditions.append(f"notification_id {operator} ${len(conditions) + 1}")
+            if has_stop:
+                conditions.append(f"notification_id <= ${len(conditions) + 1}")
+            if has_topics:
+                conditions.append(f"topic = ANY(${len(conditions) + 1})")
+            where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+            statement = (
+                "SELECT notification_id, originator_id, originator_version, "
+                f"topic, state FROM {self.table}"
+                f"{where} ORDER BY notification_id LIMIT ${len(conditions) + 1}"
+            )
+            self._select_notifications_statements[key] = statement
+        return statement
+
+    async def max_notification_id(self, conn: PostgresConnection) -> int | None:
+        result: int | None = await conn.fetchval(self._max_notification_id_statement)
+        return result
+
+    def _originator_id(self, originator_id: UUID | str) -> UUID | str:
+        if self.datastore.originator_id_type == "text":
+            return str(originator_id)
+        return originator_id

@@ -1,0 +1,272 @@
+"""The tracking recorder of the SQL backends, written once.
+
+Positions are kept in eventsourcing 9.5's single-row layout: one row per
+application name, beside a :data:`MIGRATION_APPLICATION_NAME` row that tells
+eventsourcing the table is already single-row (a multi-row table of an
+older eventsourcing is migrated as eventsourcing migrates it). The backend's
+:class:`~asyncsourcing.sql.dialects.TrackingDialect` supplies the SQL; the
+recorder holds the rest: the errors, the batch transactions of projection
+runners, the fencing, the wake-ups of waiters after commit, and parking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+from asyncsourcing.batching import TrackingBatches
+from asyncsourcing.leases import Lease, Leases
+from asyncsourcing.persistence import (
+    IntegrityError,
+    ParkedEvent,
+    Tracking,
+    TrackingBatch,
+    TrackingRecorder,
+    parked_table_name,
+)
+from asyncsourcing.sql.datastore import Conn, SQLDatastore
+from asyncsourcing.sql.dialects import TrackingDialect
+from asyncsourcing.sql.recorder import SQLRecorder
+from asyncsourcing.waiting import PositionBoard
+
+__all__ = ["MIGRATION_APPLICATION_NAME", "SQLTrackingRecorder"]
+
+MIGRATION_APPLICATION_NAME = "__migration__"
+"""The row by which eventsourcing knows a tracking table is single-row."""
+
+
+class SQLTrackingRecorder(SQLRecorder[Conn], TrackingRecorder):
+    """Positions of processed events, one row per application name.
+
+    A view subclasses the backend's tracking recorder: in ``__init__`` it
+    adds its tables to :attr:`sql_create_statements`, and in its command
+    methods it records tracking with its update, in one transaction::
+
+        async with self.datastore.transaction(commit=True) as conn:
+            await self.record_tracking(conn, tracking)
+            ...  # The view's update, on conn.
+
+    :meth:`wait` is woken once the position has committed, by this
+    process's commits at once and by other processes' as the backend learns
+    of them (see the backend's datastore).
+
+    Two hooks let a backend do more around reading and writing positions:
+    :meth:`_before_read` and :meth:`_before_write` (SQLite claims the
+    tracking rows of an application for one projection there:
+    :mod:`asyncsourcing.sqlite.ownership`).
+    """
+
+    def __init__(
+        self, datastore: SQLDatastore[Conn], *, tracking_table_name: str, **kwargs: Any
+    ) -> None:
+        self.check_identifier_length(tracking_table_name)
+        self.tracking_table_name = tracking_table_name
+        self.tracking_dialect = self._construct_tracking_dialect(
+            datastore, tracking_table_name
+        )
+        super().__init__(datastore, **kwargs)
+        self._tracking_batches: TrackingBatches[Conn] = TrackingBatches(
+            lock=self._lock_tracking,
+            read_max=self._read_max_tracking_id,
+            compare_and_set=self._compare_and_set_tracking,
+            check_fence=self._check_fence,
+        )
+
+    def _construct_tracking_dialect(
+        self, datastore: SQLDatastore[Conn], tracking_table_name: str
+    ) -> TrackingDialect[Conn]:
+        """The backend's SQL of the tracking table: a backend's recorder base
+        class provides it."""
+        raise NotImplementedError
+
+    def _construct_create_table_statements(self) -> list[str]:
+        return [
+            *super()._construct_create_table_statements(),
+            *self.tracking_dialect.create_table_statements(),
+        ]
+
+    async def _create_tables(self, conn: Conn) -> None:
+        dialect = self.tracking_dialect
+        exists = await dialect.exists(conn)
+        migrated = (
+            exists
+            and await dialect.read_max(conn, MIGRATION_APPLICATION_NAME) is not None
+        )
+        maxima: list[tuple[str, int]] = []
+        if exists and not migrated:
+            # A multi-row table of an eventsourcing older than 9.5: kept as a
+            # backup and replaced, as eventsourcing 9.5 does, by a single-row
+            # table of each application's maximum.
+            maxima = await dialect.set_aside_multi_row_table(conn)
+        await super()._create_tables(conn)
+        if not migrated:
+            await dialect.insert_rows(conn, [(MIGRATION_APPLICATION_NAME, 1), *maxima])
+
+    # Hooks.
+
+    async def _before_read(self, application_name: str) -> None:
+        """Awaited before :meth:`max_tracking_id` and :meth:`wait` read the
+        position of ``application_name``, outside any transaction of theirs;
+        does nothing here."""
+
+    async def _before_write(self, conn: Conn, application_name: str) -> None:
+        """Awaited in the write transaction of ``conn`` before a position of
+        ``application_name`` is written; does nothing here."""
+
+    # Recording.
+
+    async def insert_tracking(self, tracking: Tracking) -> None:
+        async with self.datastore.transaction(commit=True) as conn:
+            await self.record_tracking(conn, tracking)
+
+    async def record_tracking(self, conn: Conn, tracking: Tracking) -> None:
+        """Record ``tracking`` in the transaction of ``conn``: what a view
+        calls with its update.
+
+        Raises :class:`IntegrityError` when the position is not ahead of the
+        recorded one: the view's transaction then rolls back, its update
+        with it. Waiters are woken once the transaction has committed, not
+        before. In a :meth:`batch_transaction`, the position is checked at
+        once but only the batch's last one is written, as the batch commits.
+        """
+        await self._insert_tracking(conn, tracking)
+
+    async def _insert_tracking(self, conn: Conn, tracking: Tracking) -> None:
+        """:meth:`record_tracking`, by eventsourcing's name, kept for the
+        views that call it; :meth:`record_tracking` calls it, so that a
+        subclass overriding it, as views written for eventsourcing may,
+        changes both."""
+        if not await self._tracking_batches.defer(conn, tracking):
+            await self._write_tracking(conn, tracking)
+
+    async def _write_tracking(self, conn: Conn, tracking: Tracking) -> None:
+        await self._before_write(conn, tracking.application_name)
+        if not await self.tracking_dialect.insert(conn, tracking):
+            msg = (
+                f"Tracking notification ID {tracking.notification_id} not greater "
+                "than the recorded one for application "
+                f"'{tracking.application_name}' (in {self.tracking_table_name})"
+            )
+            raise IntegrityError(msg)
+        self._advance_after_commit(conn, tracking)
+
+    async def _compare_and_set_tracking(
+        self, conn: Conn, tracking: Tracking, expected: int | None
+    ) -> None:
+        await self._before_write(conn, tracking.application_name)
+        if not await self.tracking_dialect.compare_and_set(conn, tracking, expected):
+            msg = (
+                f"Tracking of application '{tracking.application_name}' (in "
+                f"{self.tracking_table_name}) moved from {expected} while a batch "
+                f"up to {tracking.notification_id} was processed: another runner "
+                "processed some of its events"
+            )
+            raise IntegrityError(msg)
+        self._advance_after_commit(conn, tracking)
+
+    async def _lock_tracking(self, conn: Conn, application_name: str) -> int | None:
+        return await self.tracking_dialect.lock(conn, application_name)
+
+    async def _read_max_tracking_id(
+        self, conn: Conn, application_name: str
+    ) -> int | None:
+        """The recorded position of ``application_name``, read on ``conn``."""
+        return await self.tracking_dialect.read_max(conn, application_name)
+
+    async def _check_fence(self, conn: Conn, lease: Lease) -> None:
+        await self.tracking_dialect.check_fence(conn, lease)
+
+    def batch_transaction(
+        self, application_name: str | None = None, fence: Lease | None = None
+    ) -> AbstractAsyncContextManager[TrackingBatch]:
+        """A write transaction that this view's own transactions join.
+
+        A projection runner processes a batch of events in it, committing
+        them (and their last tracking position) together. With
+        ``application_name``, the application's position is locked first
+        (see :class:`~asyncsourcing.batching.TrackingBatches`): runners of
+        one projection process each event once.
+        """
+        return self._tracking_batches.batch(
+            self.datastore.transaction(commit=True), application_name, fence
+        )
+
+    @property
+    def leases(self) -> Leases:
+        return self.tracking_dialect.leases
+
+    # Waking waiters.
+
+    def _advance_after_commit(self, conn: Conn, tracking: Tracking) -> None:
+        # In-process waiters learn the position from the commit itself.
+        self.datastore.call_after_commit(
+            conn,
+            partial(
+                self.datastore.advance_position_board,
+                self.tracking_table_name,
+                tracking.application_name,
+                tracking.notification_id,
+            ),
+        )
+
+    def _construct_position_board(self) -> PositionBoard:
+        # The datastore's board of the table, shared by every recorder on it.
+        return self.datastore.position_board(
+            self.tracking_table_name, self.max_tracking_id
+        )
+
+    # Reading.
+
+    async def max_tracking_id(self, application_name: str) -> int | None:
+        await self._before_read(application_name)
+        return await self.datastore.read(
+            lambda conn: self._read_max_tracking_id(conn, application_name)
+        )
+
+    async def wait(
+        self,
+        application_name: str,
+        notification_id: int | None,
+        timeout: float = 1.0,
+        interrupt: asyncio.Event | None = None,
+    ) -> None:
+        await self._before_read(application_name)
+        await super().wait(application_name, notification_id, timeout, interrupt)
+
+    # Parking.
+
+    @property
+    def parked_table_name(self) -> str:
+        """The dead-letter table of :meth:`park` (checked, unquoted)."""
+        name = parked_table_name(self.tracking_table_name)
+        self.check_identifier_length(name)
+        return name
+
+    async def park(
+        self, tracking: Tracking, topic: str, state: bytes, error: str
+    ) -> None:
+        name = self.parked_table_name
+        async with self.datastore.transaction(commit=True) as conn:
+            # Made on first use: the tables of eventsourcing stay as they are.
+            await self.tracking_dialect.create_parked_table(conn, name)
+            await self.record_tracking(conn, tracking)
+            parked = ParkedEvent(
+                tracking.application_name,
+                tracking.notification_id,
+                topic,
+                state,
+                error,
+                datetime.now(UTC),
+            )
+            await self.tracking_dialect.insert_parked(conn, name, parked)
+
+    async def parked(self, application_name: str) -> list[ParkedEvent]:
+        name = self.parked_table_name
+        return await self.datastore.read(
+            lambda conn: self.tracking_dialect.select_parked(
+                conn, name, application_name
+            )
+        )
