@@ -130,6 +130,52 @@ async def test_a_standby_takes_over_when_the_leader_stops(backend: Backend) -> N
         await first.aclose()
 
 
+class FailsOneRead:
+    """A view whose next position read fails as a lost connection would."""
+
+    fail_next_read = False
+
+    async def max_tracking_id(self, application_name: str) -> int | None:
+        if self.fail_next_read:
+            self.fail_next_read = False
+            msg = "the connection was lost (injected by the test)"
+            raise OperationalError(msg)
+        return await super().max_tracking_id(application_name)  # type: ignore[misc]
+
+
+async def test_a_standby_whose_database_fails_as_it_takes_over_stands_by_again(
+    backend: Backend,
+) -> None:
+    # The policy is "stop": a leader stops on a database error. A standby is
+    # not processing yet: it must not stop, or no runner would lead.
+    view_class = type("FailingView", (FailsOneRead, backend.view_class), {})
+    standby: Runner = ProjectionRunner(
+        application_class=Application[UUID],
+        projection_class=EventCountersProjection,
+        view_class=view_class,
+        env=backend.env,
+    )
+    leader = backend.runner()
+    async with running(leader):
+        await standby.start()
+        assert standby.role == "standby"
+        last = await save_created(leader.app, 5)
+        await standby.wait(last, timeout=5)
+        standby.view.fail_next_read = True
+    try:
+        # The leader gave the lease back: the standby takes it, and its
+        # first read of the view's position fails.
+        await eventually(lambda: not standby.view.fail_next_read, timeout=10)
+        last = await save_created(standby.app, 5)
+        await standby.wait(last, timeout=5)
+        assert await standby.view.get_created_event_counter() == 10
+        stats = await standby.statistics()
+        assert (stats.role, stats.is_running, stats.errors) == ("leader", True, 1)
+        assert "injected" in (stats.last_error or "")
+    finally:
+        await standby.aclose()
+
+
 async def test_a_fenced_leader_commits_nothing_and_stands_by(backend: Backend) -> None:
     # A short time to live, so that the test's takeover is quick.
     leader, standby = backend.runner(LEASE_TTL="1"), backend.runner(LEASE_TTL="1")

@@ -246,6 +246,17 @@ class Leadership:
         if self.role is Role.LEADER and self._leases is not None:
             self._lose(reason)
 
+    async def step_down(self, reason: str) -> None:
+        """Stand by, giving the lease back, so that any runner (this one
+        too) may take it at once; if the database refuses, it expires."""
+        lease = self.lease
+        self.lost(reason)
+        if lease is not None and self._leases is not None:
+            with contextlib.suppress(PersistenceError):
+                await self._leases.release(
+                    self._application_name, self._projection_name, self.owner
+                )
+
     async def release(self) -> None:
         """Give the lease back (a clean stop), and end the lock's session."""
         self.lease = None

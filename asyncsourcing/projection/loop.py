@@ -11,6 +11,7 @@ from typing import Any
 from asyncsourcing.application import Application
 from asyncsourcing.leases import FencedError
 from asyncsourcing.persistence import Tracking, TrackingRecorder
+from asyncsourcing.policies import Backoff
 from asyncsourcing.projection.filtered import FilteredPositions
 from asyncsourcing.projection.leadership import Leadership
 from asyncsourcing.projection.processing import (
@@ -27,6 +28,12 @@ __all__ = ["RunnerLoop"]
 
 # The runner's messages, whichever of its modules logs them.
 logger = logging.getLogger("asyncsourcing.projection.runners")
+
+STANDBY_RECONNECT = Backoff(
+    initial_delay=0.1, max_delay=5.0, max_attempts=None, max_total_time=None
+)
+"""How a standby whose policy does not reconnect waits for its database
+while taking over: for as long as it takes, as a standby waits for its lock."""
 
 
 class RunnerLoop:
@@ -217,9 +224,17 @@ class RunnerLoop:
                 acquiring.result()
                 await self._resubscribe()
             except CONNECTION_ERRORS as error:
-                # A standby has no subscription to make: the view answering
-                # is enough, then it tries to lead again.
-                if not await self._reconnect(error, self._check_database):
+                # Nothing is processed yet: as for its lock waits, whatever
+                # the policy, a standby's database errors never stop it (a
+                # leader's own pooled connections, terminated with it, would
+                # otherwise stop its successor too). It stands by again once
+                # the view answers.
+                reason = f"{type(error).__name__} taking over: {error}"
+                await self._leadership.step_down(reason)
+                backoff = self._settings.error_policy.reconnect_backoff
+                if not await self._reconnection.reconnect(
+                    error, backoff or STANDBY_RECONNECT, self._check_database
+                ):
                     return False
                 continue
             return True
