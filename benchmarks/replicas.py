@@ -2,7 +2,7 @@
 their leader killed one time after another.
 
 ``--replicas`` processes run ``python -m asyncsourcing run`` with the example
-event counters projection on PostgreSQL, as ``tests/test_replicas.py`` does:
+event counters projection on PostgreSQL, as ``tests/replicas/test_replicas.py`` does:
 one leads, the others stand by. For each kill, once the leader has processed
 an event and every other replica stands by, :class:`TakeoverRun` SIGKILLs
 the leader, saves one event from this process at once, and times from the

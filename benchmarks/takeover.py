@@ -13,7 +13,7 @@ durable one unless ``POSTGRES_HOST`` is set; every table of schema
    (``LEASE_FAST_TAKEOVER=true``, default ``LEASE_TTL`` of 10 s) and lease
    expiry alone (``LEASE_FAST_TAKEOVER=false``, ``LEASE_TTL=--expiry-ttl``).
    ``--replicas`` real processes run ``asyncsourcing run`` with the example
-   event counters projection, as ``tests/test_replicas.py`` does. ``--kills``
+   event counters projection, as ``tests/replicas/test_replicas.py`` does. ``--kills``
    times: once the leader has processed an event and every other replica
    stands by, SIGKILL the leader, save one event from this process at once,
    and time from the SIGKILL until ``view.wait()`` (this process's own view,
@@ -262,7 +262,7 @@ def section(run: Run) -> str:
         f"- Takeover: {args.replicas} processes run `python -m asyncsourcing "
         "run` with the example event counters projection "
         "(`examples.eventcounters`, `PostgresEventCounters`), as "
-        "`tests/test_replicas.py` does; one leads, the others stand by. Each "
+        "`tests/replicas/test_replicas.py` does; one leads, the others stand by. Each "
         "kill: once the leader has processed an event saved by the harness and "
         "every other replica stands by (seen in `pg_stat_activity`: on the "
         "fast path its lock session waits for the advisory lock, otherwise "

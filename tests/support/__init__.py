@@ -7,5 +7,10 @@
 * :mod:`tests.support.batches`: views counting the runner's batches;
 * :mod:`tests.support.faults`: helpers of the fault tests and of
   benchmarks/soak.py;
-* :mod:`tests.support.suites`: the recorder suites every backend runs.
+* :mod:`tests.support.suites`: the recorder suites every backend runs;
+* :mod:`tests.support.projections`: event-sourced projections several
+  modules run;
+* :mod:`tests.support.runners`: running several runners at once;
+* :mod:`tests.support.web`: serving an ASGI app in the test's event loop;
+* :mod:`tests.support.paths`: the project's root folder.
 """

@@ -30,22 +30,32 @@ VIEW_CLASSES: dict[str, type[Any]] = {
 
 
 class Backend:
-    def __init__(self, name: str, env: dict[str, str]) -> None:
+    """A backend's environment, and runners of the event counters on it.
+
+    ``view_class`` is the counters view of the backend: by default one that
+    counts the runner's batches (:data:`VIEW_CLASSES`).
+    """
+
+    def __init__(
+        self, name: str, env: dict[str, str], view_class: type[Any] | None = None
+    ) -> None:
         self.name = name
         self.env = env
-        self.view_class = VIEW_CLASSES[name]
+        self.view_class = view_class or VIEW_CLASSES[name]
 
     def runner(
         self,
         error_policy: Any = None,
         projection_class: type[Any] = EventCountersProjection,
         view_class: type[Any] | None = None,
-    ) -> ProjectionRunner[Any, Any]:
+        **env: str,
+    ) -> ProjectionRunner[Application[UUID], Any]:
+        """A runner of ``projection_class``, with ``env`` over the backend's."""
         return ProjectionRunner(
             application_class=Application[UUID],
             projection_class=projection_class,
             view_class=view_class or self.view_class,
-            env=self.env,
+            env={**self.env, **env},
             error_policy=error_policy,
         )
 

@@ -1,4 +1,4 @@
-"""Helpers of the fault tests (tests/test_faults_*.py) and of benchmarks/soak.py.
+"""Helpers of the fault tests (tests/faults/) and of benchmarks/soak.py.
 
 This module has no tests. It holds:
 
