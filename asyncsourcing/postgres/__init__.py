@@ -5,12 +5,14 @@ Select it with ``PERSISTENCE_MODULE=asyncsourcing.postgres`` and the
 ``POSTGRES_HOST``, ``POSTGRES_PORT``, ``POSTGRES_USER``, ``POSTGRES_PASSWORD``,
 ``POSTGRES_SCHEMA``, ...). Tables are those of ``eventsourcing.postgres`` 9.5.
 
-Modules: :mod:`.settings` (settings and their parsing), :mod:`.datastore`
-(pool, table creation, position boards), :mod:`.listener` (the shared LISTEN
+Modules: :mod:`.settings` (settings and their parsing) and :mod:`.urls`
+(connection URLs), :mod:`.datastore` (the :mod:`asyncsourcing.sql`
+datastore protocol: transactions, table creation, position boards) on
+:mod:`.connections` (the pool), :mod:`.listener` (the shared LISTEN
 connection), :mod:`.recorders` (those of :mod:`asyncsourcing.sql`, given
 PostgreSQL's SQL: :mod:`.dialect`, :mod:`.events`, :mod:`.tracking`),
-:mod:`.subscription`, :mod:`.factory`,
-:mod:`.errors` (asyncpg to PEP 249 errors), :mod:`.identifiers`.
+:mod:`.subscription`, :mod:`.leases`, :mod:`.factory`, :mod:`.errors`
+(asyncpg to PEP 249 errors), :mod:`.identifiers`.
 """
 
 from asyncsourcing.postgres.datastore import PostgresConnection, PostgresDatastore

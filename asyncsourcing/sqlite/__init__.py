@@ -3,8 +3,10 @@
 Its tables are eventsourcing 9.5's, so a database file written by either
 library is read, subscribed to and projected by the other. Modules:
 
-- :mod:`~asyncsourcing.sqlite.datastore`: :class:`SQLiteDatastore`,
-  connections and transactions;
+- :mod:`~asyncsourcing.sqlite.datastore`: :class:`SQLiteDatastore`, the
+  :mod:`asyncsourcing.sql` datastore protocol (transactions, table
+  creation, position boards) on :mod:`.connections` (a writer and readers),
+  with :mod:`.errors` (sqlite3 to PEP 249 errors);
 - :mod:`~asyncsourcing.sqlite.notifier`: the process-wide wake-ups of
   subscriptions and waiters;
 - :mod:`~asyncsourcing.sqlite.recorders`: the recorders, those of
@@ -13,6 +15,7 @@ library is read, subscribed to and projected by the other. Modules:
 - :mod:`~asyncsourcing.sqlite.ownership`: which projection records which
   application's positions in which tracking table;
 - :mod:`~asyncsourcing.sqlite.subscription`: :class:`SQLiteSubscription`;
+- :mod:`~asyncsourcing.sqlite.leases`: the leases of its projections' runners;
 - :mod:`~asyncsourcing.sqlite.settings`: :class:`SQLiteSettings`, the
   settings and their parsing;
 - :mod:`~asyncsourcing.sqlite.factory`: :class:`SQLiteFactory`, the one
