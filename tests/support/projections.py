@@ -33,8 +33,8 @@ class Counted(EventSourcedProjection[UUID]):
         processing_event.collect_events(Aggregate())
 
 
-class Copies(EventSourcedProjection[UUID]):
-    """Copies created aggregates; fails on spanners."""
+class Copies(Counted):
+    """Copies created aggregates, as :class:`Counted`; fails on spanners."""
 
     topics = (get_topic(Aggregate.Created), get_topic(SpannerThrown))
 
@@ -42,13 +42,7 @@ class Copies(EventSourcedProjection[UUID]):
     async def policy(
         self, domain_event: Any, processing_event: ProcessingEvent[UUID]
     ) -> None:
-        pass
-
-    @policy.register
-    async def created(
-        self, _: Aggregate.Created, processing_event: ProcessingEvent[UUID]
-    ) -> None:
-        processing_event.collect_events(Aggregate())
+        await super().policy(domain_event, processing_event)
 
     @policy.register
     async def spanner(
