@@ -2,8 +2,9 @@
 
 What a runner runs is in the modules beside this one: :mod:`.loop` (lead or
 stand by, follow, reconnect), :mod:`.processing` (batches, one event at a
-time, the error policy's decisions), :mod:`.reconnection` and
-:mod:`.filtered`; the concrete runners are in :mod:`.runners`.
+time, the error policy's decisions), :mod:`.batches` (splitting a failed
+batch), :mod:`.reconnection` and :mod:`.filtered`; the concrete runners are
+in :mod:`.runners`.
 """
 
 from __future__ import annotations
@@ -52,11 +53,11 @@ class BaseProjectionRunner(Generic[TApplication]):
 
     While catching up, events already read are processed in batches of up
     to :attr:`max_batch_size` inside one view transaction (when the view's
-    backend offers :meth:`~TrackingRecorder.batch_transaction`); live events
-    are processed one at a time. A failing batch is rolled back and replayed
-    one event at a time; the runner's :attr:`error_policy` then applies to
-    the failing event (see :class:`Projection`), and what follows it is
-    batched again.
+    backend offers :meth:`~TrackingRecorder.batch_transaction`), by the
+    projection's ``process_events()``; live events are processed one at a
+    time. A failing batch is rolled back and split in halves until the
+    failing event is alone; the runner's :attr:`error_policy` then applies
+    to it (see :class:`Projection`), and what follows it is batched again.
 
     After a database connection error, a runner whose policy reconnects
     resubscribes from the view's recorded position, backing off while the

@@ -21,6 +21,7 @@ from asyncsourcing.persistence import (
     TrackingRecorder,
 )
 from asyncsourcing.policies import ErrorHandler, ErrorPolicy, Park, Retry, Skip, Stop
+from asyncsourcing.projection.batches import bisect_batch, process_events
 from asyncsourcing.projection.leadership import Leadership
 from asyncsourcing.projection.projections import EventSourcedProjection, Projection
 from asyncsourcing.projection.reconnection import CONNECTION_ERRORS
@@ -101,25 +102,12 @@ class Processor:
             await self._process_batch([notification, *more])
 
     async def _process_batch(self, batch: Sequence[Notification]) -> None:
-        """Process ``batch`` in one transaction, or one event at a time.
-
-        If the batch fails, its transaction rolls back and the events are
-        processed again one at a time: the good prefix is committed, the
-        error policy applies to the failing event, and the rest is tried as
-        a batch again (unless the policy stops the runner).
-        """
-        start = 0
-        while start < len(batch):
-            if len(batch) - start > 1 and await self._process_in_one_transaction(
-                batch[start:]
-            ):
-                return
-            for i in range(start, len(batch)):
-                if await self._process_one(batch[i]):
-                    start = i + 1  # The error is dealt with: batch the rest.
-                    break
-            else:
-                return
+        """Process ``batch`` in one transaction; if that fails, split it to
+        process the failing event alone (:func:`.batches.bisect_batch`)."""
+        if len(batch) == 1:
+            await self._process_one(batch[0])
+        else:
+            await bisect_batch(batch, self._try_batch, self._process_one)
 
     def view_transaction(self) -> AbstractAsyncContextManager[TrackingBatch] | None:
         """The transaction to process events in, or None: the view's own.
@@ -133,29 +121,33 @@ class Processor:
             self._app.name, fence=self._leadership.lease
         )
 
-    async def _process_in_one_transaction(self, batch: Sequence[Notification]) -> bool:
-        """True if ``batch`` was processed in a batch transaction."""
+    async def _try_batch(self, batch: Sequence[Notification]) -> bool:
+        """Process ``batch`` by ``process_events()`` in a batch transaction;
+        False if that failed and rolled back.
+
+        Where the backend has none (in memory), a failed batch could not be
+        rolled back: the events are processed one at a time (True then).
+        """
         transaction = self.view_transaction()
         if transaction is None:
-            return False
+            for notification in batch:
+                await self._process_one(notification)
+            return True
         processed = 0
         try:
             async with transaction as locked:
-                for notification in self._not_processed(batch, locked.position):
-                    await self._projection.process_event(
-                        self._decode(notification), self._tracking(notification)
-                    )
-                    processed += 1
-        except NOT_THE_EVENTS:
+                todo = self._not_processed(batch, locked.position)
+                if todo:
+                    events = [(self._decode(n), self._tracking(n)) for n in todo]
+                    await process_events(self._projection, events)
+                    processed = len(todo)
+        except BaseException as error:
             self._rolled_back()
-            raise
-        except Exception:
-            self._rolled_back()
-            logger.debug("Batch of %d events failed; one at a time", len(batch))
+            # Only the events' own errors are worth finding the event for.
+            if isinstance(error, NOT_THE_EVENTS) or not isinstance(error, Exception):
+                raise
+            logger.debug("Batch of %d events failed; splitting it", len(batch))
             return False
-        except BaseException:
-            self._rolled_back()
-            raise
         self._counters.processed_up_to(batch[-1].id, processed)
         return True
 

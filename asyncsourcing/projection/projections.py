@@ -46,12 +46,39 @@ class Projection(ABC, Generic[TView]):
       dead-letter table atomically with its tracking (``view.park()``; read
       them with ``await view.parked(application_name)``), and logged.
 
-    Only the failing event is concerned: a catch-up batch that fails is
-    rolled back and replayed one event at a time, so the events around it
-    are processed exactly once. Database connection errors are not the
-    event's fault: they are never skipped or parked; the ``retry`` policy
-    (or ``ErrorPolicy(..., reconnect=...)``) reconnects and resumes from the
+    Only the failing event is concerned: the events around it are
+    processed exactly once. Database connection errors are not the event's
+    fault: they are never skipped or parked; the ``retry`` policy (or
+    ``ErrorPolicy(..., reconnect=...)``) reconnects and resumes from the
     view's position, other policies stop with an :class:`OperationalError`.
+
+    While catching up on a backend that batches (SQLite, PostgreSQL: its
+    view's :meth:`~TrackingRecorder.batch_transaction` is not None), the
+    runner gives the events it has read to :meth:`process_events` in
+    batches of up to its ``max_batch_size``. A batch is a sequence of
+    events of the application, in the order of their notification ids, with
+    none left out but those the projection's :attr:`topics` filter out and
+    those another runner of the projection has processed meanwhile; it is
+    never empty. It is processed in one view transaction, which the view's
+    own transactions join: everything it records commits or rolls back
+    together, and the tracking is written once, the batch's last position,
+    as it commits. So a command method of the view may record the tracking
+    of the last event alone, for the updates of the whole batch (one
+    statement for many events, say); the positions recorded must go up, and
+    the last event's must be recorded. Other events (live ones, those of a
+    batch being split, and all events in memory, where a transaction could
+    not be rolled back) go to :meth:`process_event` one at a time, each in
+    a transaction of its own: both methods must have the same effect.
+
+    When :meth:`process_events` raises, the batch's transaction rolls back,
+    leaving nothing of it, and the runner splits the batch in halves to find
+    the failing event: the first half is processed as a batch, split again
+    if it fails, until one event is left, which :meth:`process_event`
+    processes alone, under the error policy; the rest is then batched
+    again. So each event is processed (committed) once, in order, and only
+    the failing one is skipped, parked or stops the runner. Connection
+    errors and :class:`~asyncsourcing.leases.FencedError` are not split on:
+    the runner reconnects or stops, or stands by, at once.
     """
 
     name: str = ""
@@ -81,6 +108,18 @@ class Projection(ABC, Generic[TView]):
     @abstractmethod
     async def process_event(self, domain_event: Any, tracking: Tracking) -> None:
         """Update the view with ``domain_event``, recording ``tracking`` with it."""
+
+    async def process_events(
+        self, events: Sequence[tuple[DomainEventProtocol[Any], Tracking]]
+    ) -> None:
+        """Update the view with a batch of ``(domain_event, tracking)`` pairs,
+        in one view transaction (see the class's description of batches).
+
+        Awaits :meth:`process_event` for each, in order; override it to
+        process the batch at once, recording at least the last tracking.
+        """
+        for domain_event, tracking in events:
+            await self.process_event(domain_event, tracking)
 
 
 class EventSourcedProjection(Application[TAggregateID], ABC):
