@@ -157,16 +157,23 @@ async def as_catch_up(
     last: int,
     *,
     application_class: type[Application[UUID]] = Application[UUID],
+    projection_class: type[EventCountersProjection] = EventCountersProjection,
 ) -> CatchUp:
-    """Project events 1..``last`` into a fresh view with asyncsourcing's runner."""
+    """Project events 1..``last`` into a fresh view with asyncsourcing's
+    runner and ``projection_class`` (an event counters projection, bulk or not)."""
     stamps: dict[str, float] = {}
 
-    class Timed(EventCountersProjection):
+    class Timed(projection_class):  # type: ignore[valid-type,misc]
         name = PROJECTION_NAME
 
         async def process_event(self, domain_event: Any, tracking: Tracking) -> None:
             await super().process_event(domain_event, tracking)
             if tracking.notification_id >= last:
+                stamps["processed"] = time.perf_counter()
+
+        async def process_events(self, events: Any) -> None:
+            await super().process_events(events)
+            if events[-1][1].notification_id >= last:
                 stamps["processed"] = time.perf_counter()
 
     started = time.perf_counter()

@@ -7,21 +7,26 @@ failure down to a single event, which is then processed alone (under the
 runner's error policy) before the rest is batched again. A batch of ``n``
 events with one failing event costs about ``log2(n)`` failed transactions,
 where replaying one event at a time would cost up to ``n`` transactions.
+
+:func:`group_by_originator` helps a projection's ``process_events()`` update
+a view once per aggregate of a batch rather than once per event.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
+from uuid import UUID
 
 from eventsourcing.domain import DomainEventProtocol
 
 from asyncsourcing.persistence import Tracking
 from asyncsourcing.projection.projections import EventSourcedProjection, Projection
 
-__all__ = ["bisect_batch", "process_events"]
+__all__ = ["bisect_batch", "group_by_originator", "process_events"]
 
 T = TypeVar("T")
+TID = TypeVar("TID", bound=UUID | str)
 
 
 async def bisect_batch(
@@ -73,3 +78,22 @@ async def process_events(
         return
     for domain_event, tracking in events:
         await projection.process_event(domain_event, tracking)
+
+
+def group_by_originator(
+    events: Iterable[tuple[DomainEventProtocol[TID], Tracking]],
+) -> dict[TID, list[tuple[DomainEventProtocol[TID], Tracking]]]:
+    """The ``(domain_event, tracking)`` pairs of ``events`` by the events'
+    ``originator_id``.
+
+    Each originator's list keeps the order of ``events`` (so, for a batch,
+    the order of the aggregate's versions), and the originators come in the
+    order of their first events. A projection's ``process_events()`` can
+    then load the current rows of the batch's aggregates with one query
+    (their ids are the keys), apply each aggregate's events to its row, and
+    write the rows with one statement.
+    """
+    groups: dict[TID, list[tuple[DomainEventProtocol[TID], Tracking]]] = {}
+    for pair in events:
+        groups.setdefault(pair[0].originator_id, []).append(pair)
+    return groups

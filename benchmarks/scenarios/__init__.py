@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from benchmarks.scenarios.base import Context, Scenario
-from benchmarks.scenarios.catchup import CatchUpScenario
+from benchmarks.scenarios.catchup import BulkCatchUpScenario, CatchUpScenario
 from benchmarks.scenarios.fanout import FanOutScenario
 from benchmarks.scenarios.latency import LatencyScenario
 from benchmarks.scenarios.memory import MemoryScenario
@@ -16,6 +16,7 @@ SCENARIOS: dict[str, Scenario] = {
     for scenario in (
         WriteScenario(),
         CatchUpScenario(),
+        BulkCatchUpScenario(),
         LatencyScenario(),
         FanOutScenario(),
         MemoryScenario(),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+from uuid import UUID
 
 from asyncsourcing.persistence import Tracking
 from asyncsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from asyncsourcing.postgres.identifiers import qualified
-from examples.dogschool.views import CountersView
+from examples.dogschool.views import CountersView, DogsView, DogUpdate, merge
 
 
 class PostgresCounters(PostgresTrackingRecorder, CountersView):
@@ -35,3 +37,62 @@ class PostgresCounters(PostgresTrackingRecorder, CountersView):
         async with self.datastore.transaction(commit=True) as connection:
             await self.record_tracking(connection, tracking)
             await connection.execute(self.incr_statement, name)
+
+
+class PostgresDogs(PostgresCounters, DogsView):
+    """Dogs in a table beside the counts: their id, name and tricks."""
+
+    def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        prefix = self.tracking_table_name.removesuffix("tracking")
+        counts = qualified(self.datastore.schema, prefix + "counts")
+        self.check_identifier_length(prefix + "dogs")
+        table = qualified(self.datastore.schema, prefix + "dogs")
+        self.sql_create_statements.append(
+            f"CREATE TABLE IF NOT EXISTS {table} "
+            "(id uuid PRIMARY KEY, name text NOT NULL, tricks text[] NOT NULL)"
+        )
+        self.select_dogs_statement = (
+            f"SELECT id, name, tricks FROM {table} WHERE id = ANY($1::uuid[])"
+        )
+        # Rows of different numbers of tricks cannot be unnested from one
+        # two-dimensional array: executemany() sends them in one pipeline.
+        self.upsert_dog_statement = (
+            f"INSERT INTO {table} VALUES ($1, $2, $3) ON CONFLICT (id) "
+            "DO UPDATE SET name = EXCLUDED.name, tricks = EXCLUDED.tricks"
+        )
+        self.add_counts_statement = (
+            f"INSERT INTO {counts} SELECT * FROM unnest($1::text[], $2::bigint[]) "
+            f"ON CONFLICT (name) DO UPDATE SET count = {counts}.count + EXCLUDED.count"
+        )
+
+    async def get_dog(self, dog_id: UUID) -> tuple[str, tuple[str, ...]] | None:
+        async with self.datastore.transaction(commit=False) as connection:
+            rows = await self._select_dogs(connection, [dog_id])
+        return rows.get(dog_id)
+
+    async def update_dogs(
+        self,
+        updates: Mapping[UUID, DogUpdate],
+        counts: Mapping[str, int],
+        tracking: Tracking,
+    ) -> None:
+        async with self.datastore.transaction(commit=True) as connection:
+            await self.record_tracking(connection, tracking)
+            if updates:
+                current = await self._select_dogs(connection, list(updates))
+                rows = []
+                for dog_id, update in updates.items():
+                    name, tricks = merge(current.get(dog_id), update, dog_id)
+                    rows.append((dog_id, name, list(tricks)))
+                await connection.executemany(self.upsert_dog_statement, rows)
+            if counts:
+                await connection.execute(
+                    self.add_counts_statement, list(counts), list(counts.values())
+                )
+
+    async def _select_dogs(
+        self, connection: Any, dog_ids: list[UUID]
+    ) -> dict[UUID, tuple[str, tuple[str, ...]]]:
+        rows = await connection.fetch(self.select_dogs_statement, dog_ids)
+        return {row["id"]: (row["name"], tuple(row["tricks"])) for row in rows}

@@ -7,10 +7,10 @@ from typing import Any
 from asyncsourcing.persistence import Tracking
 from asyncsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from asyncsourcing.postgres.identifiers import qualified
-from examples.eventcounters.views import EventCountersView
+from examples.eventcounters.views import BulkEventCountersView
 
 
-class PostgresEventCounters(PostgresTrackingRecorder, EventCountersView):
+class PostgresEventCounters(PostgresTrackingRecorder, BulkEventCountersView):
     _created_event_counter_name = "CREATED_EVENTS"
     _subsequent_event_counter_name = "SUBSEQUENT_EVENTS"
 
@@ -29,6 +29,13 @@ class PostgresEventCounters(PostgresTrackingRecorder, EventCountersView):
         self.incr_counter_statement = (
             f"INSERT INTO {table} VALUES ($1, 1) ON CONFLICT (counter_name) "
             f"DO UPDATE SET counter = {table}.counter + 1"
+        )
+        # Both counters in one statement (one round trip): the arrays are
+        # zipped into rows, each added to its counter.
+        self.add_to_counters_statement = (
+            f"INSERT INTO {table} SELECT * FROM unnest($1::text[], $2::bigint[]) "
+            f"ON CONFLICT (counter_name) "
+            f"DO UPDATE SET counter = {table}.counter + EXCLUDED.counter"
         )
 
     async def get_created_event_counter(self) -> int:
@@ -54,3 +61,21 @@ class PostgresEventCounters(PostgresTrackingRecorder, EventCountersView):
         async with self.datastore.transaction(commit=True) as conn:
             await self.record_tracking(conn, tracking)
             await conn.execute(self.incr_counter_statement, name)
+
+    async def add_to_counters(
+        self, created: int, subsequent: int, tracking: Tracking
+    ) -> None:
+        # A zero is left out, so that a counter's row exists only once it
+        # has counted something, as with incr_*_event_counter().
+        names, counts = [], []
+        for name, n in (
+            (self._created_event_counter_name, created),
+            (self._subsequent_event_counter_name, subsequent),
+        ):
+            if n:
+                names.append(name)
+                counts.append(n)
+        async with self.datastore.transaction(commit=True) as conn:
+            await self.record_tracking(conn, tracking)
+            if names:
+                await conn.execute(self.add_to_counters_statement, names, counts)

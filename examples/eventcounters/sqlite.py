@@ -6,10 +6,10 @@ from typing import Any
 
 from asyncsourcing.persistence import Tracking
 from asyncsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
-from examples.eventcounters.views import EventCountersView
+from examples.eventcounters.views import BulkEventCountersView
 
 
-class SQLiteEventCounters(SQLiteTrackingRecorder, EventCountersView):
+class SQLiteEventCounters(SQLiteTrackingRecorder, BulkEventCountersView):
     _created_event_counter_name = "CREATED_EVENTS"
     _subsequent_event_counter_name = "SUBSEQUENT_EVENTS"
 
@@ -31,6 +31,10 @@ class SQLiteEventCounters(SQLiteTrackingRecorder, EventCountersView):
         self.incr_counter_statement = (
             f"INSERT INTO {table} VALUES (?, 1) ON CONFLICT (counter_name) "
             "DO UPDATE SET counter = counter + 1"
+        )
+        self.add_to_counter_statement = (
+            f"INSERT INTO {table} VALUES (?, ?) ON CONFLICT (counter_name) "
+            "DO UPDATE SET counter = counter + excluded.counter"
         )
 
     async def get_created_event_counter(self) -> int:
@@ -58,3 +62,21 @@ class SQLiteEventCounters(SQLiteTrackingRecorder, EventCountersView):
         async with self.datastore.transaction(commit=True) as connection:
             await self.record_tracking(connection, tracking)
             await connection.execute(self.incr_counter_statement, (name,))
+
+    async def add_to_counters(
+        self, created: int, subsequent: int, tracking: Tracking
+    ) -> None:
+        # A zero is left out, so that a counter's row exists only once it
+        # has counted something, as with incr_*_event_counter().
+        rows = [
+            (name, n)
+            for name, n in (
+                (self._created_event_counter_name, created),
+                (self._subsequent_event_counter_name, subsequent),
+            )
+            if n
+        ]
+        async with self.datastore.transaction(commit=True) as connection:
+            await self.record_tracking(connection, tracking)
+            if rows:
+                await connection.executemany(self.add_to_counter_statement, rows)

@@ -24,7 +24,25 @@ class EventCountersView(TrackingRecorder):
     async def incr_subsequent_event_counter(self, tracking: Tracking) -> None: ...
 
 
-class POPOEventCounters(POPOTrackingRecorder, EventCountersView):
+class BulkEventCountersView(EventCountersView):
+    """An :class:`EventCountersView` that also counts many events at once.
+
+    The tutorial's interface is :class:`EventCountersView`; this one adds the
+    command of :class:`~examples.eventcounters.projection.BulkEventCountersProjection`.
+    """
+
+    @abstractmethod
+    async def add_to_counters(
+        self, created: int, subsequent: int, tracking: Tracking
+    ) -> None:
+        """Add ``created`` and ``subsequent`` to the counters, recording
+        ``tracking`` (that of the last event counted) in the same transaction.
+
+        Either count may be zero; with both zero only ``tracking`` is recorded.
+        """
+
+
+class POPOEventCounters(POPOTrackingRecorder, BulkEventCountersView):
     def __init__(self) -> None:
         super().__init__()
         self._created_event_counter = 0
@@ -47,3 +65,12 @@ class POPOEventCounters(POPOTrackingRecorder, EventCountersView):
             self.assert_tracking_uniqueness(tracking)
             self.record_tracking(tracking)
             self._subsequent_event_counter += 1
+
+    async def add_to_counters(
+        self, created: int, subsequent: int, tracking: Tracking
+    ) -> None:
+        async with self.database_lock:
+            self.assert_tracking_uniqueness(tracking)
+            self.record_tracking(tracking)
+            self._created_event_counter += created
+            self._subsequent_event_counter += subsequent

@@ -9,6 +9,11 @@ random moments, 10 times, each time while it is catching up. After each
 kill the view holds exactly the events up to its tracking position, each
 once; the next child resumes from there; the last one finishes the job.
 Run on Postgres and on SQLite files.
+
+The same is done with the bulk event counters of examples/eventcounters
+(one view command per batch, with the tracking of its last event), over
+3,000 aggregates of two events each: after each kill, its counters equal
+the created and subsequent events up to its tracking position.
 """
 
 from __future__ import annotations
@@ -18,13 +23,22 @@ import os
 import random
 import signal
 import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 
-from asyncsourcing.persistence import InfrastructureFactory
+from asyncsourcing.application import Application
+from asyncsourcing.domain import Aggregate
+from asyncsourcing.persistence import InfrastructureFactory, Tracking
+from asyncsourcing.projection import ProjectionRunner
 from asyncsourcing.utils import Environment
+from examples.eventcounters.postgres import PostgresEventCounters
+from examples.eventcounters.projection import BulkEventCountersProjection
+from examples.eventcounters.sqlite import SQLiteEventCounters
 from tests.support.faults import (
     Counter,
     Counters,
@@ -48,12 +62,117 @@ async def record_events(env: dict[str, str]) -> list[int]:
     return ids
 
 
-async def start_runner(env: dict[str, str], backend: str, delay: float) -> Any:
+async def record_counted_events(env: dict[str, str]) -> list[int]:
+    """Aggregates created and then updated: odd indexes of the ids are the
+    subsequent events."""
+    ids: list[int] = []
+    async with Application[UUID](env) as app:
+        for _ in range(N_EVENTS // 200):
+            aggregates = [Aggregate() for _ in range(100)]
+            for aggregate in aggregates:
+                aggregate.trigger_event(Aggregate.Event)
+            recordings = await app.save(*aggregates)
+            ids.extend(r.notification.id for r in recordings)
+    return ids
+
+
+async def check_counted_once(
+    view: Any, app_name: str, ids: Sequence[int]
+) -> tuple[int | None, list[int]]:
+    """Assert the counters counted exactly the events up to the view's
+    position, once each; return the position and the ids counted."""
+    position = await view.max_tracking_id(app_name)
+    counted = [i for i in ids if position is not None and i <= position]
+    created = sum(1 for i in ids[0::2] if position is not None and i <= position)
+    assert await view.get_created_event_counter() == created
+    assert await view.get_subsequent_event_counter() == len(counted) - created
+    return position, sorted(counted)
+
+
+class SlowBulkEventCounters(BulkEventCountersProjection):
+    """The bulk event counters, with ``delay`` seconds of "work" per event,
+    done inside the batch's transaction (before its one write)."""
+
+    delay = 0.0
+
+    async def process_event(self, domain_event: Any, tracking: Tracking) -> None:
+        await asyncio.sleep(self.delay)
+        await super().process_event(domain_event, tracking)
+
+    async def process_events(self, events: Sequence[tuple[Any, Tracking]]) -> None:
+        await asyncio.sleep(self.delay * len(events))
+        await super().process_events(events)
+
+
+async def run_bulk_counters(backend: str, delay: float) -> None:
+    """The child process of the bulk counters case (``python -m`` this module)."""
+    view_class = BULK_VIEWS[backend]
+    runner_class = type("Runner", (ProjectionRunner,), {"max_batch_size": 50})
+    projection_class = type(
+        "SlowBulkEventCounters",
+        (SlowBulkEventCounters,),
+        {"delay": delay, "name": BulkEventCountersProjection.name},
+    )
+    async with runner_class(
+        application_class=Application[UUID],
+        projection_class=projection_class,
+        view_class=view_class,
+    ) as runner:
+        print("ready", flush=True)
+        await runner.run_forever()
+
+
+BULK_VIEWS: dict[str, type[Any]] = {
+    "postgres": PostgresEventCounters,
+    "sqlite": SQLiteEventCounters,
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """A projection to kill: how to record its events, run it in a child
+    process, and check its view."""
+
+    projection_name: str
+    app_name: str
+    views: dict[str, type[Any]]
+    record: Callable[[dict[str, str]], Awaitable[list[int]]]
+    child_args: tuple[str, ...]
+    check: Callable[[Any, str, Sequence[int]], Awaitable[tuple[int | None, list[int]]]]
+
+
+CASES = {
+    "recording": Case(
+        "recording",
+        "Counters",
+        {"postgres": PostgresRecordingView, "sqlite": SQLiteRecordingView},
+        record_events,
+        ("tests.support.faults", "runner"),
+        check_exactly_once,
+    ),
+    "bulk-counters": Case(
+        BulkEventCountersProjection.name,
+        "Application",
+        BULK_VIEWS,
+        record_counted_events,
+        ("tests.faults.test_crash",),
+        check_counted_once,
+    ),
+}
+
+
+@pytest.fixture(params=list(CASES))
+def case(request: pytest.FixtureRequest) -> Case:
+    return CASES[request.param]
+
+
+async def start_runner(
+    env: dict[str, str], backend: str, delay: float, case: Case
+) -> Any:
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests.support.faults",
-        "runner",
+        *case.child_args,
         backend,
         str(delay),
         cwd=ROOT,
@@ -67,18 +186,18 @@ async def start_runner(env: dict[str, str], backend: str, delay: float) -> Any:
 
 
 async def kill_and_restart(
-    env: dict[str, str], backend: str, view_class: type[Any], ids: list[int]
+    env: dict[str, str], backend: str, case: Case, ids: list[int]
 ) -> None:
     rng = random.Random()
-    # The view as the runner's projection "recording" configures it.
+    # The view as the runner's projection configures it.
     factory: InfrastructureFactory[Any] = InfrastructureFactory.construct(
-        Environment("recording", env)
+        Environment(case.projection_name, env)
     )
-    view = factory.construct_tracking_recorder(view_class)
+    view = factory.construct_tracking_recorder(case.views[backend])
     positions: list[int | None] = []
     try:
         for _ in range(KILLS):
-            child = await start_runner(env, backend, delay=0.001)
+            child = await start_runner(env, backend, 0.001, case)
             try:
                 await asyncio.sleep(rng.uniform(0.05, 0.5))
                 assert child.returncode is None, "the runner stopped by itself"
@@ -86,7 +205,7 @@ async def kill_and_restart(
                 child.send_signal(signal.SIGKILL)
                 await child.wait()
             assert child.returncode == -signal.SIGKILL
-            position, _ = await check_exactly_once(view, "Counters", ids)
+            position, _ = await case.check(view, case.app_name, ids)
             # Killed while catching up, not after.
             assert position is None or position < max(ids)
             positions.append(position)
@@ -94,16 +213,16 @@ async def kill_and_restart(
         assert positions[-1] is not None and positions[-1] > min(ids)
 
         # The last runner finishes the job: every event exactly once.
-        child = await start_runner(env, backend, delay=0.0)
+        child = await start_runner(env, backend, 0.0, case)
         try:
             for _ in range(600):
-                if await view.max_tracking_id("Counters") == max(ids):
+                if await view.max_tracking_id(case.app_name) == max(ids):
                     break
                 await asyncio.sleep(0.05)
         finally:
             child.send_signal(signal.SIGTERM)
             await child.wait()
-        position, processed = await check_exactly_once(view, "Counters", ids)
+        position, processed = await case.check(view, case.app_name, ids)
         assert position == max(ids)
         assert processed == sorted(ids)
     finally:
@@ -116,22 +235,29 @@ def sqlite_env(tmp_path: Path) -> dict[str, str]:
         "PERSISTENCE_MODULE": "asyncsourcing.sqlite",
         "SQLITE_DBNAME": str(tmp_path / "app.sqlite"),
         "RECORDING_SQLITE_DBNAME": str(tmp_path / "view.sqlite"),
+        "BULKEVENTCOUNTERS_SQLITE_DBNAME": str(tmp_path / "view.sqlite"),
     }
 
 
 async def test_sigkilled_runner_resumes_exactly_once_on_sqlite(
-    sqlite_env: dict[str, str],
+    sqlite_env: dict[str, str], case: Case
 ) -> None:
     async with asyncio.timeout(120):
-        ids = await record_events(sqlite_env)
-        await kill_and_restart(sqlite_env, "sqlite", SQLiteRecordingView, ids)
+        ids = await case.record(sqlite_env)
+        await kill_and_restart(sqlite_env, "sqlite", case, ids)
 
 
 @pytest.mark.postgres
 async def test_sigkilled_runner_resumes_exactly_once_on_postgres(
-    postgres_env: dict[str, str], pg_schema: str
+    postgres_env: dict[str, str], pg_schema: str, case: Case
 ) -> None:
     env = factory_env(postgres_env, pg_schema)
     async with asyncio.timeout(120):
-        ids = await record_events(env)
-        await kill_and_restart(env, "postgres", PostgresRecordingView, ids)
+        ids = await case.record(env)
+        await kill_and_restart(env, "postgres", case, ids)
+
+
+if __name__ == "__main__":
+    # The bulk counters' child process: python -m tests.faults.test_crash
+    # BACKEND DELAY (the projection's topics name no class of this module).
+    asyncio.run(run_bulk_counters(sys.argv[1], float(sys.argv[2])))
