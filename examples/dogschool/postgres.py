@@ -81,10 +81,10 @@ class PostgresDogs(PostgresCounters, DogsView):
             await self.record_tracking(connection, tracking)
             if updates:
                 current = await self._select_dogs(connection, list(updates))
-                rows = []
-                for dog_id, update in updates.items():
-                    name, tricks = merge(current.get(dog_id), update, dog_id)
-                    rows.append((dog_id, name, list(tricks)))
+                rows = [
+                    (dog_id, name, list(tricks))
+                    for dog_id, (name, tricks) in merge(current, updates).items()
+                ]
                 await connection.executemany(self.upsert_dog_statement, rows)
             if counts:
                 await connection.execute(

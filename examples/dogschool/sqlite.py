@@ -82,10 +82,10 @@ class SQLiteDogs(SQLiteCounters, DogsView):
             await self.record_tracking(connection, tracking)
             if updates:
                 current = await self._select_dogs(connection, list(updates))
-                rows = []
-                for dog_id, update in updates.items():
-                    name, tricks = merge(current.get(dog_id), update, dog_id)
-                    rows.append((str(dog_id), name, json.dumps(tricks)))
+                rows = [
+                    (str(dog_id), name, json.dumps(tricks))
+                    for dog_id, (name, tricks) in merge(current, updates).items()
+                ]
                 await connection.executemany(self.upsert_dog_statement, rows)
             if counts:
                 await connection.executemany(

@@ -48,14 +48,24 @@ class DogUpdate:
 
 
 def merge(
-    current: tuple[str, tuple[str, ...]] | None, update: DogUpdate, dog_id: UUID
-) -> tuple[str, tuple[str, ...]]:
-    """The name and tricks of a dog with ``update`` applied to its ``current`` row."""
-    name = update.name if update.name is not None else current and current[0]
-    if name is None:
-        msg = f"tricks added to dog {dog_id}, which was not registered"
-        raise LookupError(msg)
-    return name, (current[1] if current else ()) + update.tricks
+    current: Mapping[UUID, tuple[str, tuple[str, ...]]],
+    updates: Mapping[UUID, DogUpdate],
+) -> dict[UUID, tuple[str, tuple[str, ...]]]:
+    """The name and tricks of each updated dog, ``updates`` applied to the
+    ``current`` rows (which may hold other dogs too).
+
+    Raises :class:`LookupError` for tricks of a dog that has no row and is
+    not registered by its update: before any row is written.
+    """
+    rows = {}
+    for dog_id, update in updates.items():
+        row = current.get(dog_id)
+        name = update.name if update.name is not None else row and row[0]
+        if name is None:
+            msg = f"tricks added to dog {dog_id}, which was not registered"
+            raise LookupError(msg)
+        rows[dog_id] = (name, (row[1] if row else ()) + update.tricks)
+    return rows
 
 
 class DogsView(CountersView):
@@ -101,7 +111,7 @@ class POPODogs(POPOCounters, DogsView):
         async with self.database_lock:
             self.assert_tracking_uniqueness(tracking)
             # Merged before anything changes, so that an error changes nothing.
-            rows = {i: merge(self._dogs.get(i), u, i) for i, u in updates.items()}
+            rows = merge(self._dogs, updates)
             self.record_tracking(tracking)
             self._dogs.update(rows)
             for name, n in counts.items():
