@@ -45,6 +45,7 @@ from asyncsourcing.waiting import PositionBoard
 
 if TYPE_CHECKING:
     from asyncsourcing.leases import Lease, Leases
+    from asyncsourcing.versions import Versions
 
 __all__ = [
     "AggregateRecorder",
@@ -293,6 +294,18 @@ class TrackingRecorder(Recorder, ABC):
         """The leases of projections whose views are in this database, or
         None where runners need no coordination (in memory)."""
         return None
+
+    @property
+    def versions(self) -> Versions | None:
+        """The versions of projections whose views are in this database, or
+        None where a view lives in its process only (in memory)."""
+        return None
+
+    async def drop_tables(self) -> None:
+        """Drop the view's tables, its tracking with them (what ``asyncsourcing
+        reset`` does); the next :meth:`create_table` makes them empty."""
+        msg = f"{type(self).__qualname__} cannot drop its tables"
+        raise NotImplementedError(msg)
 
 
 class ProcessRecorder(TrackingRecorder, ApplicationRecorder, ABC):

@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from asyncsourcing.persistence import ParkedEvent, Tracking
+from asyncsourcing.persistence import ParkedEvent, Tracking, parked_table_name
 from asyncsourcing.postgres.datastore import tracking_channel_name
 from asyncsourcing.postgres.dialect import TABLE_OPTIONS, truncate_identifier
 from asyncsourcing.postgres.errors import translate_errors
 from asyncsourcing.postgres.identifiers import qualified, quote_identifier
 from asyncsourcing.postgres.leases import PostgresLeases
+from asyncsourcing.postgres.versions import PostgresVersions
 
 if TYPE_CHECKING:
     from asyncsourcing.leases import Lease
@@ -198,6 +199,20 @@ class PostgresTrackingDialect:
         if self._leases is None:
             self._leases = PostgresLeases(self.datastore)
         return self._leases
+
+    @property
+    def versions(self) -> PostgresVersions:
+        return PostgresVersions(self.datastore)
+
+    async def drop_tables(
+        self, conn: PostgresConnection, tables: Sequence[str]
+    ) -> None:
+        parked = qualified(self.datastore.schema, parked_table_name(self.table_name))
+        with translate_errors():
+            for table in [*tables, parked]:
+                # CASCADE: what a user made on the view (an index, a SQL
+                # view) goes with it.
+                await conn.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
 
     async def check_fence(self, conn: PostgresConnection, lease: Lease) -> None:
         await self.leases.check_fence(conn, lease)

@@ -15,13 +15,26 @@ each event, in a task of its own. Usage::
 
 or, in a script, ``asyncio.run(runner.run_forever())``. Runners of one
 projection in several processes share it: one leads (processes), the others
-stand by (:class:`Role`; see :mod:`asyncsourcing.leases`).
+stand by (:class:`Role`; see :mod:`asyncsourcing.leases`). A projection's
+``version`` gives it tables of its own, so a new version is rebuilt beside
+the serving one (:class:`ProjectionVersions`, :mod:`asyncsourcing.versions`),
+and its handlers can tell replays (:mod:`.replay`).
 """
 
 from asyncsourcing.persistence import ParkedEvent
 from asyncsourcing.policies import Backoff, ErrorPolicy, OnError
 from asyncsourcing.projection.leadership import Role
 from asyncsourcing.projection.projections import EventSourcedProjection, Projection
+from asyncsourcing.projection.rebuild import (
+    ProjectionVersions,
+    RebuildProgress,
+    VersionInfo,
+)
+from asyncsourcing.projection.replay import (
+    allow_side_effects,
+    is_replaying,
+    side_effect,
+)
 from asyncsourcing.projection.runners import (
     BaseProjectionRunner,
     EventSourcedProjectionRunner,
@@ -43,6 +56,12 @@ __all__ = [
     "Projection",
     "ProjectionRunner",
     "ProjectionStoppedError",
+    "ProjectionVersions",
+    "RebuildProgress",
     "Role",
     "RunnerStatistics",
+    "VersionInfo",
+    "allow_side_effects",
+    "is_replaying",
+    "side_effect",
 ]

@@ -30,7 +30,9 @@ from asyncsourcing.projection.environment import construct_env, lease_settings
 from asyncsourcing.projection.leadership import Leadership, Role
 from asyncsourcing.projection.loop import RunnerLoop
 from asyncsourcing.projection.projections import EventSourcedProjection, Projection
+from asyncsourcing.projection.versioning import RunnerVersion
 from asyncsourcing.statistics import RunnerCounters, RunnerStatistics
+from asyncsourcing.versions import VersionRecord, Versions, versioned_name
 
 __all__ = ["BaseProjectionRunner", "ProjectionStoppedError"]
 
@@ -81,13 +83,18 @@ class BaseProjectionRunner(Generic[TApplication]):
         topics: Sequence[str],
         env: EnvType | None = None,
         error_policy: ErrorPolicyLike | None = None,
+        version: int = 1,
+        versions: Versions | None = None,
     ) -> None:
+        self.version = version
+        """The version of the projection run (see :mod:`asyncsourcing.versions`)."""
+        name = versioned_name(projection.name, version)
         self.error_policy: ErrorPolicy = ErrorPolicy.of(
             projection.error_policy if error_policy is None else error_policy
         )
         self.app: TApplication = application_class(env)
         self.app_name = self.app.name
-        self._projection_name = projection.name
+        self._projection_name = name
         self._tracking_recorder = tracking_recorder
         self._topics = tuple(topics)
         self._has_called_stop = False
@@ -100,8 +107,14 @@ class BaseProjectionRunner(Generic[TApplication]):
         self._leadership = Leadership(
             tracking_recorder.leases,
             self.app_name,
+            name,
+            lease_settings(construct_env(projection.name, env, version=version)),
+        )
+        self._version = RunnerVersion(
+            versions,
             projection.name,
-            lease_settings(construct_env(projection.name, env)),
+            version,
+            side_effects_during_replay=projection.side_effects_during_replay,
         )
         # The hooks are bound here, so a subclass's overrides apply.
         self._loop = RunnerLoop(
@@ -111,6 +124,7 @@ class BaseProjectionRunner(Generic[TApplication]):
             tracking_recorder,
             self._topics,
             self._leadership,
+            self._version,
             RunnerCounters(),
             record_skipped=self._record_skipped,
             rolled_back=self._rolled_back,
@@ -154,9 +168,16 @@ class BaseProjectionRunner(Generic[TApplication]):
 
     @property
     def projection_name(self) -> str:
-        """The projection's name: the prefix of its environment variables,
-        and its name in leases and :class:`RunnerStatistics`."""
+        """The projection's name, with its version above 1
+        (``dogs_v2``): the prefix of its environment variables, and its
+        name in leases and :class:`RunnerStatistics`."""
         return self._projection_name
+
+    @property
+    def version_record(self) -> VersionRecord | None:
+        """The record of the version run, as the runner last read it, once
+        started; None in memory (see :mod:`asyncsourcing.versions`)."""
+        return self._version.record
 
     async def start(self) -> None:
         """Subscribe from the view's position and start processing; idempotent."""
@@ -167,6 +188,7 @@ class BaseProjectionRunner(Generic[TApplication]):
             raise RuntimeError(msg)
         self._is_started = True
         await self._prepare()
+        await self._version.register(self.app_name)
         await self._loop.start()
 
     async def _prepare(self) -> None:

@@ -8,8 +8,14 @@ from collections.abc import Mapping
 from eventsourcing.utils import Environment, EnvType, strtobool
 
 from asyncsourcing.leases import LeaseSettings
+from asyncsourcing.versions import versioned_name
 
-__all__ = ["construct_env", "lease_settings", "with_defaults"]
+__all__ = [
+    "VersionEnvironment",
+    "construct_env",
+    "lease_settings",
+    "with_defaults",
+]
 
 
 def with_defaults(
@@ -32,13 +38,35 @@ def with_defaults(
     return merged
 
 
-def construct_env(name: str, env: EnvType | None = None) -> Environment:
+def construct_env(
+    name: str, env: EnvType | None = None, *, version: int = 1
+) -> Environment:
     """The configuration of the projection ``name``: the process
-    environment, then ``env``; variables prefixed with ``name`` win."""
+    environment, then ``env``; variables prefixed with ``name`` win.
+
+    For a ``version`` above 1 the environment is named after the version
+    (``DOGS_V2``: its tables are ``dogs_v2_...``), and a variable prefixed
+    with it wins over one prefixed with ``name``, which wins over a plain one.
+    """
     _env: dict[str, str] = dict(os.environ)
     if env is not None:
         _env.update(env)
-    return Environment(name, _env)
+    if version == 1:
+        return Environment(name, _env)
+    return VersionEnvironment(name, version, _env)
+
+
+class VersionEnvironment(Environment):
+    """The environment of a version of a projection: named after the
+    version, falling back to variables prefixed with the projection's name."""
+
+    def __init__(self, name: str, version: int, env: EnvType | None = None) -> None:
+        super().__init__(versioned_name(name, version), env)
+        self.projection_name = name
+
+    def create_keys(self, key: str) -> list[str]:
+        own, plain = super().create_keys(key)
+        return [own, self.projection_name.upper() + "_" + key, plain]
 
 
 def lease_settings(env: Environment) -> LeaseSettings:

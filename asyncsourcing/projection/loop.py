@@ -22,7 +22,9 @@ from asyncsourcing.projection.processing import (
 from asyncsourcing.projection.projections import EventSourcedProjection, Projection
 from asyncsourcing.projection.reconnection import CONNECTION_ERRORS, Reconnection
 from asyncsourcing.projection.subscription import Subscriber
+from asyncsourcing.projection.versioning import RunnerVersion
 from asyncsourcing.statistics import RunnerCounters, RunnerStatistics
+from asyncsourcing.versions import versioned_name
 
 __all__ = ["RunnerLoop"]
 
@@ -61,6 +63,7 @@ class RunnerLoop:
         tracking_recorder: TrackingRecorder,
         topics: Sequence[str],
         leadership: Leadership,
+        version: RunnerVersion,
         counters: RunnerCounters,
         *,
         record_skipped: Callable[[Tracking], Awaitable[None]],
@@ -68,7 +71,7 @@ class RunnerLoop:
     ) -> None:
         self._settings = settings
         self._application_name = app.name
-        self._projection_name = projection.name
+        self._projection_name = versioned_name(projection.name, version.version)
         # Who stopped by an error: the projection's class, where the bug is.
         self._culprit = type(projection).__qualname__
         self._tracking_recorder = tracking_recorder
@@ -84,6 +87,7 @@ class RunnerLoop:
             projection,
             tracking_recorder,
             leadership,
+            version,
             counters,
             record_skipped=record_skipped,
             rolled_back=rolled_back,
@@ -98,7 +102,7 @@ class RunnerLoop:
         )
         self.subscriber = Subscriber(app, tracking_recorder, topics, filtered.caught_up)
         self._reconnection = Reconnection(
-            counters, app.name, projection.name, self._is_stopped_within
+            counters, app.name, self._projection_name, self._is_stopped_within
         )
         self._task: asyncio.Task[None] | None = None
         self._announcing: asyncio.Task[None] | None = None

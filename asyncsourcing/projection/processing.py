@@ -29,6 +29,7 @@ from asyncsourcing.projection.subscription import (
     ApplicationSubscription,
     decode_notification,
 )
+from asyncsourcing.projection.versioning import RunnerVersion
 from asyncsourcing.statistics import RunnerCounters
 
 __all__ = ["NOT_THE_EVENTS", "Processor", "RunnerSettings", "StopRequestedError"]
@@ -76,6 +77,7 @@ class Processor:
         projection: Projection[Any] | EventSourcedProjection[Any],
         tracking_recorder: TrackingRecorder,
         leadership: Leadership,
+        version: RunnerVersion,
         counters: RunnerCounters,
         *,
         record_skipped: Callable[[Tracking], Awaitable[None]],
@@ -87,6 +89,7 @@ class Processor:
         self._projection = projection
         self._tracking_recorder = tracking_recorder
         self._leadership = leadership
+        self._version = version
         self._counters = counters
         self._record_skipped = record_skipped
         self._rolled_back = rolled_back
@@ -103,11 +106,13 @@ class Processor:
 
     async def _process_batch(self, batch: Sequence[Notification]) -> None:
         """Process ``batch`` in one transaction; if that fails, split it to
-        process the failing event alone (:func:`.batches.bisect_batch`)."""
-        if len(batch) == 1:
-            await self._process_one(batch[0])
-        else:
-            await bisect_batch(batch, self._try_batch, self._process_one)
+        process the failing event alone (:func:`.batches.bisect_batch`).
+        Replays and live events are never in one transaction."""
+        for run in self._version.split(batch):
+            if len(run) == 1:
+                await self._process_one(run[0])
+            else:
+                await bisect_batch(run, self._try_batch, self._process_one)
 
     def view_transaction(self) -> AbstractAsyncContextManager[TrackingBatch] | None:
         """The transaction to process events in, or None: the view's own.
@@ -139,7 +144,8 @@ class Processor:
                 todo = self._not_processed(batch, locked.position)
                 if todo:
                     events = [(self._decode(n), self._tracking(n)) for n in todo]
-                    await process_events(self._projection, events)
+                    with await self._version.context(todo):
+                        await process_events(self._projection, events)
                     processed = len(todo)
         except BaseException as error:
             self._rolled_back()
@@ -229,7 +235,8 @@ class Processor:
             async with transaction as locked:
                 if not self._not_processed([notification], locked.position):
                     return False
-                await work()
+                with await self._version.context([notification]):
+                    await work()
         except BaseException:
             self._rolled_back()
             raise

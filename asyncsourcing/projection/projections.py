@@ -18,6 +18,7 @@ from asyncsourcing.persistence import (
 from asyncsourcing.policies import (
     ErrorPolicyLike,
 )
+from asyncsourcing.projection.replay import side_effects_suppressed
 
 __all__ = ["EventSourcedProjection", "Projection", "TView"]
 
@@ -85,6 +86,18 @@ class Projection(ABC, Generic[TView]):
     """Picks prefixed environment variables and names the view's tables;
     defaults to the class name."""
 
+    version: ClassVar[int] = 1
+    """Part of the projection's identity: each version has tables, tracking
+    and a lease of its own (``<name>_v<version>_...`` above 1), so a new
+    version builds beside the serving one (see :mod:`asyncsourcing.versions`
+    and ``asyncsourcing rebuild``). Bump it when a change of the code needs
+    the view rebuilt."""
+
+    side_effects_during_replay: ClassVar[bool] = False
+    """Whether :func:`~asyncsourcing.projection.replay.side_effect`
+    functions run while the runner replays events (see
+    :mod:`asyncsourcing.projection.replay`)."""
+
     topics: tuple[str, ...] = ()
     """Topics of the events to process, filtered in the database; all when empty."""
 
@@ -138,6 +151,11 @@ class EventSourcedProjection(Application[TAggregateID], ABC):
     error_policy: ClassVar[ErrorPolicyLike] = "stop"
     """What the runner does when :meth:`policy` raises: see :class:`Projection`."""
 
+    side_effects_during_replay: ClassVar[bool] = False
+    """Whether the new events that :meth:`policy` collects are recorded
+    while replaying (see :mod:`asyncsourcing.projection.replay`): by
+    default only the tracking is, the events being side effects."""
+
     recorder: ProcessRecorder
 
     def construct_recorder(self) -> ProcessRecorder:
@@ -149,6 +167,9 @@ class EventSourcedProjection(Application[TAggregateID], ABC):
         """Run :meth:`policy` and record its new events with ``tracking``."""
         processing_event = ProcessingEvent[TAggregateID](tracking=tracking)
         await self.policy(domain_event, processing_event)
+        if side_effects_suppressed():
+            # The new events were recorded when the event was first processed.
+            processing_event = ProcessingEvent[TAggregateID](tracking=tracking)
         recordings = await self._record(processing_event)
         await self._take_snapshots(processing_event)
         self._notify(recordings)

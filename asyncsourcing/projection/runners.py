@@ -45,6 +45,13 @@ class ProjectionRunner(
 
     Each variable is taken from ``env``, else the process environment, else
     ``env_defaults``: defaults that the process environment overrides.
+
+    ``version`` (default: the projection class's :attr:`~Projection.version`)
+    names the version to run: its own tables, tracking and lease, and its
+    record in the view's database, made when the runner starts (serving if
+    it is the projection's first version, else building: see
+    :mod:`asyncsourcing.versions`). With ``CREATE_TABLE=false`` version 1
+    records nothing, as the tables of its versions may not exist.
     """
 
     def __init__(
@@ -56,10 +63,12 @@ class ProjectionRunner(
         env: EnvType | None = None,
         env_defaults: Mapping[str, str] | None = None,
         error_policy: ErrorPolicyLike | None = None,
+        version: int | None = None,
     ) -> None:
+        version = projection_class.version if version is None else version
         env = with_defaults(env, env_defaults)
         self.factory: InfrastructureFactory[TView] = InfrastructureFactory.construct(
-            construct_env(projection_class.name, env)
+            construct_env(projection_class.name, env, version=version)
         )
         self.view: TView = self.factory.construct_tracking_recorder(view_class)
         self.projection: Projection[TView] = projection_class(view=self.view)
@@ -70,12 +79,20 @@ class ProjectionRunner(
             topics=self.projection.topics,
             env=env,
             error_policy=error_policy,
+            version=version,
+            # Tables made elsewhere (CREATE_TABLE=false) may lack the versions'.
+            versions=self.view.versions if self._records_versions(version) else None,
         )
+
+    def _records_versions(self, version: int) -> bool:
+        return version > 1 or self.factory.env_create_table()
 
     async def _prepare(self) -> None:
         if self.factory.env_create_table():
             await self.view.create_table()
             await self._leadership.create_table()
+            if self.view.versions is not None:
+                await self.view.versions.create_table()
 
     async def _close_projection(self) -> None:
         await self.factory.close()

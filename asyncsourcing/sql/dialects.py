@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         StoredEvent,
         Tracking,
     )
+    from asyncsourcing.versions import Versions
 
 __all__ = ["Dialect", "EventsDialect", "TrackingDialect"]
 
@@ -184,6 +185,16 @@ class TrackingDialect(Protocol[Conn_contra]):
     @property
     def leases(self) -> Leases:
         """The leases of the projections whose views are in this database."""
+        ...
+
+    @property
+    def versions(self) -> Versions:
+        """The versions of the projections whose views are in this database."""
+        ...
+
+    async def drop_tables(self, conn: Conn_contra, tables: Sequence[str]) -> None:
+        """Drop ``tables`` (names as the create statements write them) and
+        the dead-letter table beside the tracking table, if they exist."""
         ...
 
     async def check_fence(self, conn: Conn_contra, lease: Lease) -> None:

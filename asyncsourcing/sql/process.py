@@ -35,3 +35,12 @@ class SQLProcessRecorder(
         if tracking is not None:
             await self.record_tracking(conn, tracking)
         return await super()._insert_events(conn, stored_events, **kwargs)
+
+    async def drop_tables(self) -> None:
+        """Not here: the events table is the projection's own record, which
+        a reset must not lose."""
+        msg = (
+            f"{type(self).__qualname__} cannot drop its tables: an event-sourced "
+            "projection's events are not a view"
+        )
+        raise NotImplementedError(msg)

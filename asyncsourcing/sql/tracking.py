@@ -12,6 +12,7 @@ runners, the fencing, the wake-ups of waiters after commit, and parking.
 from __future__ import annotations
 
 import asyncio
+import re
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from functools import partial
@@ -30,9 +31,19 @@ from asyncsourcing.persistence import (
 from asyncsourcing.sql.datastore import Conn, SQLDatastore
 from asyncsourcing.sql.dialects import TrackingDialect
 from asyncsourcing.sql.recorder import SQLRecorder
+from asyncsourcing.versions import Versions
 from asyncsourcing.waiting import PositionBoard
 
 __all__ = ["MIGRATION_APPLICATION_NAME", "SQLTrackingRecorder"]
+
+# The name in "CREATE [UNLOGGED] TABLE [IF NOT EXISTS] name": plain or
+# quoted, maybe qualified by a schema.
+_NAME_PART = r'(?:"(?:[^"]|"")*"|[^\s."(]+)'
+_CREATE_TABLE = re.compile(
+    r"\s*CREATE\s+(?:UNLOGGED\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+    rf"({_NAME_PART}(?:\s*\.\s*{_NAME_PART})?)",
+    re.IGNORECASE,
+)
 
 MIGRATION_APPLICATION_NAME = "__migration__"
 """The row by which eventsourcing knows a tracking table is single-row."""
@@ -197,6 +208,25 @@ class SQLTrackingRecorder(SQLRecorder[Conn], TrackingRecorder):
     @property
     def leases(self) -> Leases:
         return self.tracking_dialect.leases
+
+    @property
+    def versions(self) -> Versions:
+        return self.tracking_dialect.versions
+
+    def created_tables(self) -> list[str]:
+        """The tables that :attr:`sql_create_statements` create, as they
+        name them (quoted, qualified): the view's tables and the tracking
+        table, which :meth:`drop_tables` drops with the dead-letter table.
+        A view that makes tables otherwise overrides this."""
+        return [
+            match.group(1)
+            for statement in self.sql_create_statements
+            if (match := _CREATE_TABLE.match(statement))
+        ]
+
+    async def drop_tables(self) -> None:
+        async with self.datastore.transaction(commit=True) as conn:
+            await self.tracking_dialect.drop_tables(conn, self.created_tables())
 
     # Waking waiters.
 

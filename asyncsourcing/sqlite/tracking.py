@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 
 import aiosqlite
 
-from asyncsourcing.persistence import ParkedEvent, Tracking
+from asyncsourcing.persistence import ParkedEvent, Tracking, parked_table_name
 from asyncsourcing.sqlite.dialect import quote, table_exists
 from asyncsourcing.sqlite.leases import SQLiteLeases
+from asyncsourcing.sqlite.versions import SQLiteVersions
 
 if TYPE_CHECKING:
     from asyncsourcing.leases import Lease
@@ -177,6 +178,16 @@ class SQLiteTrackingDialect:
         if self._leases is None:
             self._leases = SQLiteLeases(self.datastore)
         return self._leases
+
+    @property
+    def versions(self) -> SQLiteVersions:
+        return SQLiteVersions(self.datastore)
+
+    async def drop_tables(
+        self, conn: aiosqlite.Connection, tables: Sequence[str]
+    ) -> None:
+        for table in [*tables, quote(parked_table_name(self.table_name))]:
+            await conn.execute(f"DROP TABLE IF EXISTS {table}")
 
     async def check_fence(self, conn: aiosqlite.Connection, lease: Lease) -> None:
         await self.leases.check_fence(conn, lease)
