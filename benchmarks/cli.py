@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks import progress, soak, takeover
+from benchmarks import progress, rebuild, sections, soak, takeover
 from benchmarks.config import BACKENDS
 from benchmarks.report import (
     markdown_table,
@@ -41,7 +41,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         epilog=(
             "python -m benchmarks takeover [--kills N] ...: takeover latency of "
             "a projection's replicas and the cost of fencing, on PostgreSQL "
-            "(see python -m benchmarks takeover --help)."
+            "(see python -m benchmarks takeover --help). "
+            "python -m benchmarks rebuild [--events N]: a projection's "
+            "rebuild over a million events, its rate and its memory."
         ),
     )
     size = parser.add_mutually_exclusive_group()
@@ -114,7 +116,11 @@ def _write_results(report: Report, path: Path, command: str) -> None:
     # So do the takeover and soak sections, which only their own runs write.
     if path.exists():
         old = path.read_text()
-        for kept in (takeover.kept_section(old), soak.kept_section(old)):
+        for kept in (
+            takeover.kept_section(old),
+            soak.kept_section(old),
+            sections.kept_section(old, rebuild.SECTION_BEGIN, rebuild.SECTION_END),
+        ):
             if kept:
                 text += "\n" + kept
     path.write_text(text)
@@ -127,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return takeover.main(words[1:])
     if words[:1] == ["soak"]:
         return soak.main(words[1:])
+    if words[:1] == ["rebuild"]:
+        return rebuild.main(words[1:])
     args = parse_args(argv)
     progress.quiet = args.quiet
     progress.reset_clock()

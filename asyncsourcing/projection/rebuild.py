@@ -33,6 +33,7 @@ from typing import Any, Generic
 from eventsourcing.utils import EnvType
 
 from asyncsourcing.factory import InfrastructureFactory
+from asyncsourcing.persistence import WaitInterruptedError
 from asyncsourcing.projection.base import TApplication
 from asyncsourcing.projection.environment import construct_env, with_defaults
 from asyncsourcing.projection.projections import Projection, TView
@@ -284,6 +285,8 @@ class ProjectionVersions(Resource, Generic[TApplication, TView]):
             first = await view.max_tracking_id(runner.app_name) or 0
             samples: list[tuple[float, int]] = []
             running = asyncio.create_task(runner.run_forever())
+            stopped = asyncio.Event()
+            running.add_done_callback(lambda _: stopped.set())
             try:
                 while True:
                     position = await view.max_tracking_id(runner.app_name) or 0
@@ -305,10 +308,15 @@ class ProjectionVersions(Resource, Generic[TApplication, TView]):
                             await reported
                     if progress.lag <= max_lag:
                         break
-                    done, _ = await asyncio.wait(
-                        [running], timeout=self.progress_interval
-                    )
-                    if done:
+                    # Woken early by the commit that brings the lag down.
+                    with contextlib.suppress(TimeoutError, WaitInterruptedError):
+                        await view.wait(
+                            runner.app_name,
+                            head - max_lag,
+                            timeout=self.progress_interval,
+                            interrupt=stopped,
+                        )
+                    if running.done():
                         running.result()  # Its error, if any.
                         msg = f"The runner of version {version} stopped"
                         raise VersionError(msg)
