@@ -13,7 +13,9 @@ Run on Postgres and on SQLite files.
 The same is done with the bulk event counters of examples/eventcounters
 (one view command per batch, with the tracking of its last event), over
 3,000 aggregates of two events each: after each kill, its counters equal
-the created and subsequent events up to its tracking position.
+the created and subsequent events up to its tracking position. And with
+version 2 of the bulk counters, rebuilt beside version 1 (which serves):
+a building version's transactions also read its record, locked.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from asyncsourcing.application import Application
 from asyncsourcing.domain import Aggregate
 from asyncsourcing.persistence import InfrastructureFactory, Tracking
 from asyncsourcing.projection import ProjectionRunner
-from asyncsourcing.utils import Environment
+from asyncsourcing.projection.environment import construct_env
+from asyncsourcing.versions import VersionStatus
 from examples.eventcounters.postgres import PostgresEventCounters
 from examples.eventcounters.projection import BulkEventCountersProjection
 from examples.eventcounters.sqlite import SQLiteEventCounters
@@ -104,14 +107,28 @@ class SlowBulkEventCounters(BulkEventCountersProjection):
         await super().process_events(events)
 
 
-async def run_bulk_counters(backend: str, delay: float) -> None:
-    """The child process of the bulk counters case (``python -m`` this module)."""
+async def record_counted_events_beside_version_1(env: dict[str, str]) -> list[int]:
+    """The events of :func:`record_counted_events`, and version 1 of the
+    bulk counters registered (serving), so that version 2 builds."""
+    ids = await record_counted_events(env)
+    async with ProjectionRunner(
+        application_class=Application[UUID],
+        projection_class=BulkEventCountersProjection,
+        view_class=BULK_VIEWS[env["PERSISTENCE_MODULE"].rsplit(".", 1)[-1]],
+        env=env,
+    ) as runner:
+        runner.stop()
+    return ids
+
+
+async def run_bulk_counters(backend: str, delay: float, version: int) -> None:
+    """The child process of the bulk counters cases (``python -m`` this module)."""
     view_class = BULK_VIEWS[backend]
     runner_class = type("Runner", (ProjectionRunner,), {"max_batch_size": 50})
     projection_class = type(
         "SlowBulkEventCounters",
         (SlowBulkEventCounters,),
-        {"delay": delay, "name": BulkEventCountersProjection.name},
+        {"delay": delay, "name": BulkEventCountersProjection.name, "version": version},
     )
     async with runner_class(
         application_class=Application[UUID],
@@ -139,6 +156,7 @@ class Case:
     record: Callable[[dict[str, str]], Awaitable[list[int]]]
     child_args: tuple[str, ...]
     check: Callable[[Any, str, Sequence[int]], Awaitable[tuple[int | None, list[int]]]]
+    version: int = 1
 
 
 CASES = {
@@ -155,8 +173,17 @@ CASES = {
         "Application",
         BULK_VIEWS,
         record_counted_events,
-        ("tests.faults.test_crash",),
+        ("tests.faults.test_crash", "1"),
         check_counted_once,
+    ),
+    "bulk-counters-v2": Case(
+        BulkEventCountersProjection.name,
+        "Application",
+        BULK_VIEWS,
+        record_counted_events_beside_version_1,
+        ("tests.faults.test_crash", "2"),
+        check_counted_once,
+        version=2,
     ),
 }
 
@@ -191,7 +218,7 @@ async def kill_and_restart(
     rng = random.Random()
     # The view as the runner's projection configures it.
     factory: InfrastructureFactory[Any] = InfrastructureFactory.construct(
-        Environment(case.projection_name, env)
+        construct_env(case.projection_name, env, version=case.version)
     )
     view = factory.construct_tracking_recorder(case.views[backend])
     positions: list[int | None] = []
@@ -211,6 +238,14 @@ async def kill_and_restart(
             positions.append(position)
         # Progress was made across the kills (batches were committed).
         assert positions[-1] is not None and positions[-1] > min(ids)
+
+        if case.version > 1:
+            record = next(
+                r
+                for r in await view.versions.records(case.projection_name)
+                if r.version == case.version
+            )
+            assert record.status is VersionStatus.BUILDING
 
         # The last runner finishes the job: every event exactly once.
         child = await start_runner(env, backend, 0.0, case)
@@ -259,5 +294,6 @@ async def test_sigkilled_runner_resumes_exactly_once_on_postgres(
 
 if __name__ == "__main__":
     # The bulk counters' child process: python -m tests.faults.test_crash
-    # BACKEND DELAY (the projection's topics name no class of this module).
-    asyncio.run(run_bulk_counters(sys.argv[1], float(sys.argv[2])))
+    # VERSION BACKEND DELAY (the projection's topics name no class of this
+    # module).
+    asyncio.run(run_bulk_counters(sys.argv[2], float(sys.argv[3]), int(sys.argv[1])))
