@@ -48,6 +48,7 @@ import socket
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from uuid import uuid4
 
 from asyncsourcing.persistence import PersistenceError
@@ -252,6 +253,16 @@ class Leases(ABC):
     ) -> list[Presence]:
         """The runners of a projection whose records have not expired, by
         owner."""
+
+    @abstractmethod
+    async def fence_out(
+        self, conn: Any, application_name: str, projection_name: str
+    ) -> None:
+        """Move the lease's epoch on, in the transaction of ``conn``, owner
+        unchanged: the leader's next view transaction is fenced off, and it
+        stands by until the lease expires (as a version's switch wants of
+        the old version's runners). Waits for the leader's transactions in
+        flight."""
 
     def session_lock(
         self, application_name: str, projection_name: str

@@ -78,6 +78,10 @@ class PostgresLeases(Leases):
             f"SELECT owner, epoch FROM {table} "
             "WHERE application_name = $1 AND projection_name = $2 FOR SHARE"
         )
+        self.fence_out_statement = (
+            f"UPDATE {table} SET epoch = epoch + 1 "
+            "WHERE application_name = $1 AND projection_name = $2"
+        )
         runners = qualified(datastore.schema, self.presence_table_name)
         self.create_presence_table_statement = (
             f"CREATE TABLE IF NOT EXISTS {runners} ("
@@ -196,6 +200,14 @@ class PostgresLeases(Leases):
                     self.present_statement, application_name, projection_name
                 )
         return [Presence(*row) for row in rows]
+
+    async def fence_out(
+        self, conn: PostgresConnection, application_name: str, projection_name: str
+    ) -> None:
+        with translate_errors():
+            await conn.execute(
+                self.fence_out_statement, application_name, projection_name
+            )
 
     async def check_fence(self, conn: PostgresConnection, lease: Lease) -> None:
         """Raise :class:`FencedError` unless ``lease`` still holds, in the

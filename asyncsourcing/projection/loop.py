@@ -76,6 +76,7 @@ class RunnerLoop:
         self._culprit = type(projection).__qualname__
         self._tracking_recorder = tracking_recorder
         self._leadership = leadership
+        self._version = version
         self._counters = counters
         self.stopping = asyncio.Event()
         """Set to stop the loop; set by the loop once it stops."""
@@ -226,6 +227,8 @@ class RunnerLoop:
                 return False
             try:
                 acquiring.result()
+                # A switch may have retired the version while it stood by.
+                await self._version.register(self._application_name)
                 await self._resubscribe()
             except CONNECTION_ERRORS as error:
                 # Nothing is processed yet: as for its lock waits, whatever

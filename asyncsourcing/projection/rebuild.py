@@ -124,6 +124,10 @@ class ProjectionVersions(Resource, Generic[TApplication, TView]):
     progress_interval = 1.0
     """Seconds between two reports of a rebuild's progress."""
 
+    switch_wait = 5.0
+    """Seconds a switch waits at most for the old version to reach the new
+    one's position (see :meth:`switch`)."""
+
     def __init__(
         self,
         *,
@@ -190,16 +194,41 @@ class ProjectionVersions(Resource, Generic[TApplication, TView]):
     async def switch(self, version: int) -> VersionRecord:
         """Make ``version`` serve, in one transaction; its replay mark becomes
         the position the old version had reached by then, or its own if
-        greater. The old version's runners should stop now: until they do,
-        they process events as if serving."""
+        greater.
+
+        The old version's leader is fenced off in the same transaction
+        (with leadership on, the default): it commits nothing after the
+        switch, and its runners come back retired, replaying. Events that
+        the new version processed while building beyond the old version's
+        position would get their side effects from neither, so the switch
+        first waits, up to :attr:`switch_wait` seconds, for the old version
+        to reach the new one's position.
+        """
         versions = await self._versions()
         records = await versions.records(self.name)
         record = find_version(records, self.name, version)
         serving = [r.version for r in records if r.status is VersionStatus.SERVING]
         views = [await self.view(v) for v in [*serving, version]]
         dialects = [_sql_view(v).tracking_dialect for v in views]
+        leases = views[0].leases
+        app_name = record.application_name
+        if serving and serving[0] != version:
+            with contextlib.suppress(TimeoutError):
+                await views[0].wait(
+                    app_name,
+                    await views[-1].max_tracking_id(app_name),
+                    timeout=self.switch_wait,
+                )
 
         async def positions(conn: Any) -> int | None:
+            if leases is not None:
+                # First, so that the old version's transactions in flight
+                # have committed when its position is read, and it commits
+                # none after: its runners stand by and come back retired.
+                for old in serving:
+                    await leases.fence_out(
+                        conn, record.application_name, versioned_name(self.name, old)
+                    )
             mark = None
             for dialect in dialects:
                 mark = Versions.greater(
@@ -353,6 +382,8 @@ class ProjectionVersions(Resource, Generic[TApplication, TView]):
             )
             raise VersionError(msg)
         await versions.create_table()
+        if view.leases is not None:
+            await view.leases.create_table()  # A switch fences in it.
         return versions
 
     async def _head(self) -> int:

@@ -73,6 +73,10 @@ class SQLiteLeases(Leases):
             f"SELECT owner, epoch FROM {table} "
             "WHERE application_name = ? AND projection_name = ?"
         )
+        self.fence_out_statement = (
+            f"UPDATE {table} SET epoch = epoch + 1 "
+            "WHERE application_name = ? AND projection_name = ?"
+        )
         runners = f'"{self.presence_table_name}"'
         self.create_presence_table_statement = (
             f"CREATE TABLE IF NOT EXISTS {runners} ("
@@ -202,6 +206,13 @@ class SQLiteLeases(Leases):
             Presence(owner, role, datetime.fromtimestamp(seen_at, UTC))
             for owner, role, seen_at in rows
         ]
+
+    async def fence_out(
+        self, conn: aiosqlite.Connection, application_name: str, projection_name: str
+    ) -> None:
+        await conn.execute(
+            self.fence_out_statement, (application_name, projection_name)
+        )
 
     async def check_fence(self, conn: aiosqlite.Connection, lease: Lease) -> None:
         """Raise :class:`FencedError` unless ``lease`` still holds, in the

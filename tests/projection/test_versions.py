@@ -288,9 +288,10 @@ async def test_a_version_is_an_int_of_at_least_one(
 async def test_a_switch_while_events_flow_leaves_each_event_live_once_in_the_new(
     env: dict[str, str], view_class: type[Any]
 ) -> None:
-    # Version 2 is building while events are written; the switch lands
-    # between its transactions (it waits for the one in flight): each event
-    # is a replay up to the mark and live after it, none is both or neither.
+    # Version 2 is building while events are written, version 1 serving;
+    # the switch lands between their transactions (it waits for those in
+    # flight): each event is a replay up to the mark and live after it, for
+    # version 2, and live up to the mark only, for version 1.
     total = 120
     async with runner(env, view_class) as v1, runner(env, view_class, CountersV2) as v2:
         async with versions(env, view_class, CountersV2) as vs:
@@ -305,3 +306,6 @@ async def test_a_switch_while_events_flow_leaves_each_event_live_once_in_the_new
     replays, effects = Sent.replays[2], Sent.effects[2]
     assert sorted(replays) == list(range(1, mark + 1))
     assert effects == list(range(mark + 1, last + 1))
+    # Version 1, fenced off by the switch, did the side effects up to the
+    # mark and none after: each side effect once, in one version or the other.
+    assert Sent.effects[1] == list(range(1, mark + 1))
