@@ -96,23 +96,25 @@ def view_class(env: dict[str, str]) -> type[Any]:
 def runner(
     env: dict[str, str], view_class: type[Any], projection_class: type[Any] = Counters
 ) -> ProjectionRunner[Application[UUID], Any]:
-    return ProjectionRunner(
-        application_class=Application[UUID],
-        projection_class=projection_class,
-        view_class=view_class,
-        env=env,
-    )
+    return ProjectionRunner(**arguments(env, view_class, projection_class))
 
 
 def versions(
     env: dict[str, str], view_class: type[Any], projection_class: type[Any] = Counters
 ) -> ProjectionVersions[Application[UUID], Any]:
-    return ProjectionVersions(
-        application_class=Application[UUID],
-        projection_class=projection_class,
-        view_class=view_class,
-        env=env,
-    )
+    return ProjectionVersions(**arguments(env, view_class, projection_class))
+
+
+def arguments(
+    env: dict[str, str], view_class: type[Any], projection_class: type[Any]
+) -> dict[str, Any]:
+    """What a runner and a versions object of the projection are given."""
+    return {
+        "application_class": Application[UUID],
+        "projection_class": projection_class,
+        "view_class": view_class,
+        "env": env,
+    }
 
 
 async def save_events(app: Application[UUID], n: int) -> int:
@@ -276,13 +278,7 @@ async def test_a_version_is_an_int_of_at_least_one(
     env: dict[str, str], view_class: type[Any]
 ) -> None:
     with pytest.raises(ValueError, match="version must be an int >= 1, not 0"):
-        runner(env, view_class).__class__(
-            application_class=Application[UUID],
-            projection_class=Counters,
-            view_class=view_class,
-            env=env,
-            version=0,
-        )
+        ProjectionRunner(**arguments(env, view_class, Counters), version=0)
 
 
 async def test_a_switch_while_events_flow_leaves_each_event_live_once_in_the_new(
