@@ -22,6 +22,7 @@ from asyncsourcing.projection import (
     EventSourcedProjectionRunner,
     Projection,
     ProjectionRunner,
+    ProjectionVersions,
 )
 from asyncsourcing.utils import Environment, TopicError, resolve_topic
 
@@ -30,7 +31,10 @@ __all__ = [
     "Target",
     "UsageError",
     "compose_env",
+    "configuration_error",
     "construct_runner",
+    "construct_versions",
+    "no_versions_error",
     "read_env_file",
     "resolve_class",
     "resolve_target",
@@ -146,13 +150,25 @@ def resolve_class(
     return obj
 
 
-def resolve_target(args: argparse.Namespace) -> Target:
-    """The classes named by the parsed arguments; :class:`UsageError` if bad."""
+def resolve_target(args: argparse.Namespace, *, versioned: bool = False) -> Target:
+    """The classes named by the parsed arguments; :class:`UsageError` if bad.
+
+    ``versioned``: for the commands of versions, which need a
+    :class:`Projection` and its view (an event-sourced projection has no
+    versions).
+    """
     application_class = resolve_class(args.app, Application, "--app")
     projection_class = resolve_class(
         args.projection, (Projection, EventSourcedProjection), "--projection"
     )
     view_class = None
+    if versioned and issubclass(projection_class, EventSourcedProjection):
+        msg = (
+            f"--projection {args.projection!r} is an event-sourced projection, "
+            "which has no versions: they need a Projection with a view in a "
+            "database (SQLite, PostgreSQL)"
+        )
+        raise UsageError(msg)
     if issubclass(projection_class, EventSourcedProjection):
         if args.view is not None:
             msg = (
@@ -236,7 +252,7 @@ class Backend:
         return f"{self.setting}={self.topic}"
 
 
-def _configuration_error(
+def configuration_error(
     error: Exception, target: Target, env: Mapping[str, str]
 ) -> UsageError:
     """A :class:`UsageError` for ``error``, raised while constructing.
@@ -268,6 +284,16 @@ def _configuration_error(
     return UsageError(f"{error} (backend: {backend})")
 
 
+def no_versions_error(target: Target, env: Mapping[str, str]) -> UsageError:
+    """The :class:`UsageError` of a view that keeps no versions (in memory)."""
+    backend = Backend.of(target.projection_class.name, env)
+    msg = (
+        f"--view {target.view_topic!r} keeps no versions: they need the view in a "
+        f"database (SQLite, PostgreSQL), not in memory (backend: {backend})"
+    )
+    return UsageError(msg)
+
+
 def topic_of(cls: type[Any]) -> str:
     """``module:Class``, the topic of ``cls`` as the options take it."""
     return f"{cls.__module__}:{cls.__qualname__}"
@@ -294,7 +320,7 @@ def construct_runner(
     try:
         return _construct_runner(target, env)
     except InfrastructureFactoryError as error:
-        raise _configuration_error(error, target, env) from error
+        raise configuration_error(error, target, env) from error
 
 
 def _construct_runner(
@@ -309,6 +335,27 @@ def _construct_runner(
         )
     assert target.view_class is not None  # resolve_target() sees to it
     return ProjectionRunner[Any, Any](
+        application_class=target.application_class,
+        projection_class=projection_class,
+        view_class=target.view_class,
+        env=env,
+    )
+
+
+def construct_versions(
+    target: Target, env: Mapping[str, str]
+) -> ProjectionVersions[Any, Any]:
+    """The versions of ``target``'s projection, not opened: no IO yet.
+
+    Its methods construct the views and the application, so that they
+    raise the configuration's errors:
+    :func:`configuration_error` makes them :class:`UsageError`.
+    """
+    projection_class = target.projection_class
+    # resolve_target(versioned=True) sees to both.
+    assert not issubclass(projection_class, EventSourcedProjection)
+    assert target.view_class is not None
+    return ProjectionVersions[Any, Any](
         application_class=target.application_class,
         projection_class=projection_class,
         view_class=target.view_class,

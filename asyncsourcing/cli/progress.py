@@ -12,6 +12,7 @@ from typing import Any, TextIO
 
 from asyncsourcing.application import Application
 from asyncsourcing.persistence import TrackingRecorder
+from asyncsourcing.projection import RebuildProgress
 
 __all__ = [
     "ProgressLine",
@@ -19,8 +20,10 @@ __all__ = [
     "Sample",
     "configure_logging",
     "count",
+    "format_clock",
     "format_duration",
     "format_progress",
+    "format_rebuild",
     "take_sample",
 ]
 
@@ -159,6 +162,40 @@ PROGRESS_PARTS: tuple[Callable[[Sample, RateMeter], str], ...] = (
     _rate_part,
 )
 """The parts of the progress line, each a function of the sample and meter."""
+
+
+def format_clock(seconds: float) -> str:
+    """``0:00:09``, ``1:02:03``: hours, minutes and seconds, for an ETA."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+BAR_WIDTH = 20
+
+
+def format_rebuild(progress: RebuildProgress, width: int = BAR_WIDTH) -> str:
+    """The progress line of a rebuild: a bar, the share done, the events
+    done of the application's, the rate, the ETA and the runner's role.
+
+    ``version 2: [############--------] 61% 612,000/1,000,000 events,
+    41,230 ev/s, ETA 0:00:09 (leader)``; the rate is ``-`` and the ETA
+    ``?`` until they are known (the rate after half a second).
+    """
+    # Rounded down: 100% is done, not nearly done.
+    filled = int(progress.fraction * width)
+    bar = "#" * filled + "-" * (width - filled)
+    percent = int(progress.fraction * 100)
+    rate = "-" if progress.rate is None else f"{progress.rate:,.0f}"
+    if progress.lag == 0:
+        eta = format_clock(0)
+    else:
+        eta = "?" if progress.eta is None else format_clock(progress.eta)
+    return (
+        f"version {progress.version}: [{bar}] {percent}% "
+        f"{progress.position:,}/{count(progress.head, 'event')}, {rate} ev/s, "
+        f"ETA {eta} ({progress.role})"
+    )
 
 
 # --- output --------------------------------------------------------------

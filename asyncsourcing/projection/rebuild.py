@@ -33,7 +33,7 @@ from typing import Any, Generic
 from eventsourcing.utils import EnvType
 
 from asyncsourcing.factory import InfrastructureFactory
-from asyncsourcing.persistence import WaitInterruptedError
+from asyncsourcing.persistence import TrackingRecorder, WaitInterruptedError
 from asyncsourcing.projection.base import TApplication
 from asyncsourcing.projection.environment import construct_env, with_defaults
 from asyncsourcing.projection.projections import Projection, TView
@@ -145,6 +145,8 @@ class ProjectionVersions(Resource, Generic[TApplication, TView]):
         self._factories: dict[int, InfrastructureFactory[Any]] = {}
         self._views: dict[int, TView] = {}
         self._app: TApplication | None = None
+        self._registry: Versions | None = None
+        self._registry_factory: InfrastructureFactory[Any] | None = None
 
     # Readers.
 
@@ -363,7 +365,10 @@ class ProjectionVersions(Resource, Generic[TApplication, TView]):
     async def close(self) -> None:
         """Close the views' connections and the application's."""
         self._views.clear()
+        self._registry = None
         factories, self._factories = self._factories, {}
+        if self._registry_factory is not None:
+            factories[0], self._registry_factory = self._registry_factory, None
         for factory in factories.values():
             await factory.close()
         if self._app is not None:
@@ -373,7 +378,17 @@ class ProjectionVersions(Resource, Generic[TApplication, TView]):
     # Helpers.
 
     async def _versions(self) -> Versions:
-        view = await self.view(self.projection_class.version)
+        """The versions table, made on first use; read with a view of its
+        own that makes no tables, so that listing versions makes none."""
+        if self._registry is not None:
+            return self._registry
+        env = dict(self._env or {})
+        env[f"{self.name.upper()}_{InfrastructureFactory.CREATE_TABLE}"] = "false"
+        factory: InfrastructureFactory[Any] = InfrastructureFactory.construct(
+            construct_env(self.name, env)
+        )
+        self._registry_factory = factory
+        view: TrackingRecorder = factory.construct_tracking_recorder(self.view_class)
         versions = view.versions
         if versions is None:
             msg = (
@@ -384,6 +399,7 @@ class ProjectionVersions(Resource, Generic[TApplication, TView]):
         await versions.create_table()
         if view.leases is not None:
             await view.leases.create_table()  # A switch fences in it.
+        self._registry = versions
         return versions
 
     async def _head(self) -> int:
