@@ -305,3 +305,23 @@ async def test_a_switch_while_events_flow_leaves_each_event_live_once_in_the_new
     # Version 1, fenced off by the switch, did the side effects up to the
     # mark and none after: each side effect once, in one version or the other.
     assert Sent.effects[1] == list(range(1, mark + 1))
+
+
+async def test_a_rebuild_stands_by_while_another_process_builds_the_version(
+    env: dict[str, str], view_class: type[Any]
+) -> None:
+    async with runner(env, view_class) as r:
+        last = await save_events(r.app, 30)
+        await r.view.wait(r.app.name, last, timeout=10)
+    reports: list[RebuildProgress] = []
+    # A runner of version 2 leads (a new deployment, say); the rebuild's
+    # own runner stands by and follows the leader's progress.
+    async with runner(env, view_class, CountersV2) as builder:
+        await builder.view.wait(builder.app.name, 1, timeout=10)
+        async with versions(env, view_class, CountersV2) as vs:
+            record = await vs.rebuild(max_lag=0, on_progress=reports.append)
+        assert str(builder.role) == "leader"
+    assert record.status is VersionStatus.SERVING
+    assert {report.role for report in reports} == {"standby"}
+    # One builder: every event processed once, by the leader.
+    assert sorted(Sent.replays[2]) == list(range(1, last + 1))
