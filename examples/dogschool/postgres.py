@@ -8,6 +8,7 @@ from uuid import UUID
 
 from asyncsourcing.persistence import Tracking
 from asyncsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from asyncsourcing.postgres.bulk import copy_rows, insert_rows
 from asyncsourcing.postgres.identifiers import qualified
 from examples.dogschool.views import CountersView, DogsView, DogUpdate, merge
 
@@ -40,14 +41,24 @@ class PostgresCounters(PostgresTrackingRecorder, CountersView):
 
 
 class PostgresDogs(PostgresCounters, DogsView):
-    """Dogs in a table beside the counts: their id, name and tricks."""
+    """Dogs in a table beside the counts: their id, name and tricks.
+
+    :meth:`update_dogs` adds the batch's new dogs with COPY
+    (:func:`~asyncsourcing.postgres.bulk.copy_rows`) and writes the others
+    back in one pipeline (:func:`~asyncsourcing.postgres.bulk.insert_rows`),
+    in the batch's transaction: while the view is rebuilt, most of a
+    batch's dogs are new.
+    """
+
+    dog_columns = ("id", "name", "tricks")
 
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
         prefix = self.tracking_table_name.removesuffix("tracking")
         counts = qualified(self.datastore.schema, prefix + "counts")
-        self.check_identifier_length(prefix + "dogs")
-        table = qualified(self.datastore.schema, prefix + "dogs")
+        self.dogs_table_name = prefix + "dogs"
+        self.check_identifier_length(self.dogs_table_name)
+        table = qualified(self.datastore.schema, self.dogs_table_name)
         self.sql_create_statements.append(
             f"CREATE TABLE IF NOT EXISTS {table} "
             "(id uuid PRIMARY KEY, name text NOT NULL, tricks text[] NOT NULL)"
@@ -56,9 +67,9 @@ class PostgresDogs(PostgresCounters, DogsView):
             f"SELECT id, name, tricks FROM {table} WHERE id = ANY($1::uuid[])"
         )
         # Rows of different numbers of tricks cannot be unnested from one
-        # two-dimensional array: executemany() sends them in one pipeline.
-        self.upsert_dog_statement = (
-            f"INSERT INTO {table} VALUES ($1, $2, $3) ON CONFLICT (id) "
+        # two-dimensional array: insert_rows() sends them in one pipeline.
+        self.upsert_dog_conflict = (
+            "ON CONFLICT (id) "
             "DO UPDATE SET name = EXCLUDED.name, tricks = EXCLUDED.tricks"
         )
         self.add_counts_statement = (
@@ -81,11 +92,30 @@ class PostgresDogs(PostgresCounters, DogsView):
             await self.record_tracking(connection, tracking)
             if updates:
                 current = await self._select_dogs(connection, list(updates))
-                rows = [
-                    (dog_id, name, list(tricks))
-                    for dog_id, (name, tricks) in merge(current, updates).items()
-                ]
-                await connection.executemany(self.upsert_dog_statement, rows)
+                new: list[tuple[UUID, str, list[str]]] = []
+                known: list[tuple[UUID, str, list[str]]] = []
+                for dog_id, (name, tricks) in merge(current, updates).items():
+                    rows = known if dog_id in current else new
+                    rows.append((dog_id, name, list(tricks)))
+                # Only this projection's runners write here, one batch at a
+                # time (each locks the tracking first): the dogs not found
+                # are not in the table, and can be added with COPY.
+                schema = self.datastore.schema
+                await copy_rows(
+                    connection,
+                    self.dogs_table_name,
+                    self.dog_columns,
+                    new,
+                    schema=schema,
+                )
+                await insert_rows(
+                    connection,
+                    self.dogs_table_name,
+                    self.dog_columns,
+                    known,
+                    schema=schema,
+                    on_conflict=self.upsert_dog_conflict,
+                )
             if counts:
                 await connection.execute(
                     self.add_counts_statement, list(counts), list(counts.values())

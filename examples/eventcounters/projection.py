@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from functools import singledispatchmethod
 from typing import Any
@@ -78,17 +79,19 @@ class BulkEventCountersProjection(EventCountersProjection):
 
     async def process_events(self, events: Sequence[tuple[Any, Tracking]]) -> None:
         created = subsequent = 0
-        for domain_event, _ in events:
-            # Checked in the order of process_event()'s dispatch: the most
-            # derived class first (Created and SpannerThrown are Events).
-            if isinstance(domain_event, SpannerThrown):
+        # The events counted by class, then each class sorted once, in the
+        # order of process_event()'s dispatch: the most derived class first
+        # (Created and SpannerThrown are Events).
+        classes = Counter(type(domain_event) for domain_event, _ in events)
+        for cls, count in classes.items():
+            if issubclass(cls, SpannerThrown):
                 # Raised before anything is written, as process_event() does;
                 # the runner then splits the batch to process it alone.
                 msg = "This is a deliberate bug"
                 raise SpannerThrownError(msg)
-            if isinstance(domain_event, Aggregate.Created):
-                created += 1
-            elif isinstance(domain_event, Aggregate.Event):
-                subsequent += 1
+            if issubclass(cls, Aggregate.Created):
+                created += count
+            elif issubclass(cls, Aggregate.Event):
+                subsequent += count
         _, last_tracking = events[-1]
         await self.view.add_to_counters(created, subsequent, last_tracking)
