@@ -11,8 +11,9 @@ Usage::
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Sequence
-from typing import Any, ClassVar, Generic
+from typing import Any, ClassVar, Generic, cast
 
 from eventsourcing.application import (
     AggregateNotFoundError,
@@ -21,6 +22,7 @@ from eventsourcing.application import (
     project_aggregate,
 )
 from eventsourcing.domain import (
+    BaseAggregate,
     CanMutateProtocol,
     DomainEventProtocol,
     MutableOrImmutableAggregate,
@@ -175,7 +177,7 @@ class Application(Resource, Generic[TAggregateID]):
         nothing, when another save got to one of the versions first.
         """
         processing_event: ProcessingEvent[TAggregateID] = ProcessingEvent()
-        processing_event.collect_events(*objs, **kwargs)
+        collect_events(processing_event, objs, kwargs)
         recordings = await self._record(processing_event)
         await self._take_snapshots(processing_event)
         self._notify(recordings)
@@ -257,3 +259,71 @@ class Application(Resource, Generic[TAggregateID]):
         if not self._closed:
             self._closed = True
             await self.factory.close()
+
+
+# What an object needs, among others, to be a domain event to eventsourcing.
+_EVENT_ATTRIBUTES = tuple(
+    name
+    for name in ("originator_id", "originator_version")
+    if name in DomainEventProtocol.__dict__
+)
+
+# Whether the instances of a class are plain aggregates (see collect_events).
+_plain_aggregate_classes: weakref.WeakKeyDictionary[type[Any], bool] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def collect_events(
+    processing_event: ProcessingEvent[TAggregateID],
+    objs: Sequence[
+        MutableOrImmutableAggregate[TAggregateID]
+        | DomainEventProtocol[TAggregateID]
+        | None
+    ],
+    kwargs: dict[str, Any],
+) -> None:
+    """``processing_event.collect_events(*objs, **kwargs)``, sooner for aggregates.
+
+    eventsourcing tells events from aggregates with ``isinstance()`` against
+    two runtime-checkable protocols, whose members Python 3.11 works out
+    again at each check: about 11 us a save where measured, more than all of
+    asyncsourcing's own code in it. A plain aggregate is told apart for less,
+    with the same outcome: an instance of an eventsourcing aggregate class
+    (which collects its events) that has no attribute a domain event must
+    have, in its ``__dict__`` or its class's, and no ``__getattr__`` or
+    ``__getattribute__`` of its own that could make one up. Its events are
+    collected here as ``collect_events()`` collects them; anything else, in
+    its turn, by ``collect_events()``.
+    """
+    for obj in objs:
+        if _is_plain_aggregate(obj):
+            aggregate = cast("BaseAggregate[TAggregateID]", obj)
+            processing_event.events.extend(aggregate.collect_events())
+            processing_event.aggregates[aggregate.id] = aggregate
+        else:
+            processing_event.collect_events(obj)
+    processing_event.saved_kwargs.update(kwargs)
+
+
+def _is_plain_aggregate(obj: object) -> bool:
+    cls = type(obj)
+    plain = _plain_aggregate_classes.get(cls)
+    if plain is None:
+        plain = bool(_EVENT_ATTRIBUTES) and (
+            issubclass(cls, BaseAggregate)
+            and callable(getattr(cls, "collect_events", None))
+            and cls.__getattribute__ is object.__getattribute__
+            and not any(
+                name in vars(base)
+                for base in cls.__mro__
+                for name in (*_EVENT_ATTRIBUTES, "__getattr__")
+            )
+        )
+        _plain_aggregate_classes[cls] = plain
+    if not plain:
+        return False
+    attributes = getattr(obj, "__dict__", None)
+    return attributes is not None and not any(
+        name in attributes for name in _EVENT_ATTRIBUTES
+    )

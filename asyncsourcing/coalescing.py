@@ -1,12 +1,13 @@
 """Coalesced writes: concurrent inserts that arrive together share one transaction.
 
-A write that finds no other in flight goes at once, so a lone writer waits
-for nothing. Writes that arrive while one is in flight queue up, and the
-next of them to run takes the whole queue into one transaction: one table
-lock and one commit for many ``save()`` calls. A conflict in one of them
-fails only that one: the others are then recorded one at a time. A batch
-goes on when the task that leads it is cancelled: the other writes get its
-true outcome (a statement sent may be committed whatever the client does).
+A write that finds no other in flight goes at once, in the caller's task,
+so a lone writer waits for nothing and pays for no batch. Writes that arrive
+while one is in flight queue up, and the next of them to run takes the whole
+queue into one transaction: one table lock and one commit for many
+``save()`` calls. A conflict in one of them fails only that one: the others
+are then recorded one at a time. A batch goes on when the task that leads
+it is cancelled: the other writes get its true outcome (a statement sent
+may be committed whatever the client does).
 """
 
 from __future__ import annotations
@@ -47,9 +48,29 @@ class WriteCoalescer:
         self._queue: list[_Write] = []
         self._lock = asyncio.Lock()
         self._inflight: set[asyncio.Future[Any]] = set()
+        # The writes in write(), whatever they wait for.
+        self._writes = 0
 
     async def write(self, stored_events: Sequence[StoredEvent]) -> Sequence[int]:
         """Record ``stored_events`` atomically, with any writes that queue meanwhile."""
+        self._writes += 1
+        try:
+            if self._writes == 1:
+                # Alone (none other in flight, queued, or handing the lock
+                # on): recorded in this task, as a batch of its own would be,
+                # but without the batch's task, futures and turns of the event
+                # loop; a lone writer's every save comes this way. The writes
+                # that arrive meanwhile queue for the next batch. None waits
+                # for this one's outcome: a cancellation may interrupt it.
+                async with self._lock:  # Free: taken at once.
+                    return await self._insert(stored_events)
+            return await self._write_in_batch(stored_events)
+        finally:
+            self._writes -= 1
+
+    async def _write_in_batch(
+        self, stored_events: Sequence[StoredEvent]
+    ) -> Sequence[int]:
         write = _Write(stored_events)
         self._queue.append(write)
         try:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeAlias, Union
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias, TypeVar, Union
 
 import asyncpg
 import asyncpg.pool
@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: What :meth:`PostgresDatastore.transaction` yields: a pooled asyncpg
 #: connection (``isinstance(conn, asyncpg.Connection)`` is true for it).
@@ -68,6 +70,11 @@ _LOST = (
 )
 
 
+_Kept: TypeAlias = tuple[
+    "asyncpg.Pool[asyncpg.Record]", "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+]
+
+
 class PostgresConnections:
     """The connection pool of a datastore, created on first use.
 
@@ -90,6 +97,12 @@ class PostgresConnections:
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool_lock = asyncio.Lock()
+        # The connection that acquire_kept() keeps from one block to the
+        # next (with its pool), and whether a block has it.
+        self._kept: _Kept | None = None
+        self._kept_lent = False
+        # A pool of one connection keeps it free for everything else.
+        self._keeps = settings.pool_size + settings.max_overflow > 1
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[PostgresConnection]:
@@ -99,29 +112,82 @@ class PostgresConnections:
         connection that may be left mid-protocol is closed, not lent again.
         """
         pool = await self._get_pool()
+        if self._kept is not None and not self._kept_lent and _exhausted(pool):
+            # Rather than wait, take the connection kept for lone writes.
+            await self._give_back_kept()
+        conn = await self._take(pool)
+        try:
+            yield conn
+        except BaseException as error:
+            _raise_classified(conn, error)
+        finally:
+            await release(pool, conn)
+
+    async def run_kept(self, query: Callable[[PostgresConnection], Awaitable[T]]) -> T:
+        """The result of ``query``, run on a pooled connection kept for the next.
+
+        For the writes that run alone, one after the other (a save's
+        insert): a lone writer then skips the pool's acquire and release (a
+        task and a timer each in asyncpg, and a few turns of the event
+        loop). The connection is one of the pool's, lent to one query at a
+        time: a query that finds it lent, or a pool of one connection, runs
+        on one that :meth:`acquire` gives. It is kept only while the pool has
+        another to spare: :meth:`acquire` takes it back rather than wait.
+        Errors come out as there; a connection that may be left
+        mid-protocol, or that was lost meanwhile, is not kept. :meth:`close`
+        gives it back.
+        """
+        if self._kept_lent or not self._keeps:
+            async with self.acquire() as conn:
+                return await query(conn)
+        pool = await self._get_pool()
+        self._kept_lent = True
+        try:
+            kept = self._kept
+            if kept is not None and kept[0] is pool and not _is_lost(kept[1]):
+                conn = kept[1]
+            else:
+                self._kept = None
+                if kept is not None:
+                    await release(*kept)  # Lost: asyncpg has it back already.
+                conn = await self._take(pool)
+                self._kept = (pool, conn)
+            try:
+                return await query(conn)
+            except BaseException as error:
+                broken = isinstance(error.__cause__ or error, BROKEN_CONNECTION_ERRORS)
+                if broken:
+                    self._kept = None
+                try:
+                    _raise_classified(conn, error)  # Closes a broken one.
+                finally:
+                    if broken:
+                        await release(pool, conn)
+        finally:
+            self._kept_lent = False
+            if self.closed:
+                await self._give_back_kept()
+
+    async def _take(
+        self, pool: asyncpg.Pool[asyncpg.Record]
+    ) -> asyncpg.pool.PoolConnectionProxy[asyncpg.Record]:
+        """A connection of ``pool``, waiting at most the connect timeout."""
         timeout = self._settings.connect_timeout
         try:
             with translate_errors(connecting=True):
-                conn = await pool.acquire(timeout=timeout)
+                return await pool.acquire(timeout=timeout)
         except OperationalError as error:
             if isinstance(error.__cause__, TimeoutError):
                 msg = f"Timed out after {timeout}s getting a connection to PostgreSQL"
                 raise OperationalError(msg) from error.__cause__
             raise
-        try:
-            yield conn
-        except BaseException as error:
-            translated = classify_error(conn, error)
-            # A server's error (a conflict, say) or the caller's own leaves
-            # the connection ready for the next statement; a lost connection
-            # or an interrupted exchange may leave it mid-protocol.
-            if isinstance(error.__cause__ or error, BROKEN_CONNECTION_ERRORS):
-                terminate(conn)
-            if translated is error:
-                raise
-            raise translated from error
-        finally:
-            await release(pool, conn)
+
+    async def _give_back_kept(self) -> None:
+        """Give the kept connection back to its pool, unless a block has it
+        (which gives it back as it ends, once closed)."""
+        if self._kept is not None and not self._kept_lent:
+            kept, self._kept = self._kept, None
+            await release(*kept)
 
     def check_open(self) -> None:
         if self.closed:
@@ -132,6 +198,7 @@ class PostgresConnections:
         """Close the pool, waiting a while for the lent connections."""
         self.closed = True
         pool, self._pool = self._pool, None
+        await self._give_back_kept()
         if pool is not None:
             await close_pool(pool)
 
@@ -169,6 +236,25 @@ class PostgresConnections:
                 self._pool = pool
                 self._loop = asyncio.get_running_loop()
             return self._pool
+
+
+def _exhausted(pool: asyncpg.Pool[asyncpg.Record]) -> bool:
+    """Whether ``pool`` has no idle connection and may open no other."""
+    return pool.get_idle_size() == 0 and pool.get_size() >= pool.get_max_size()
+
+
+def _raise_classified(conn: PostgresConnection, error: BaseException) -> NoReturn:
+    """Raise what a block that used ``conn`` raises for ``error`` (see
+    :func:`classify_error`), closing ``conn`` if it may be left mid-protocol."""
+    translated = classify_error(conn, error)
+    # A server's error (a conflict, say) or the caller's own leaves the
+    # connection ready for the next statement; a lost connection or an
+    # interrupted exchange may leave it mid-protocol.
+    if isinstance(error.__cause__ or error, BROKEN_CONNECTION_ERRORS):
+        terminate(conn)
+    if translated is error:
+        raise error
+    raise translated from error
 
 
 def classify_error(conn: PostgresConnection, error: BaseException) -> BaseException:

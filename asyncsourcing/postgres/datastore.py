@@ -145,6 +145,24 @@ class PostgresDatastore(Resource):
         async with self._connections.acquire() as conn:
             yield conn
 
+    async def write(self, query: Callable[[PostgresConnection], Awaitable[T]]) -> T:
+        """The result of ``query``, a write that runs alone (a save's insert).
+
+        Run as :meth:`connection` runs it, but on a connection that the
+        datastore keeps from one such write to the next, while no other
+        write has it (see :meth:`PostgresConnections.run_kept
+        <asyncsourcing.postgres.connections.PostgresConnections.run_kept>`),
+        so that a lone writer skips the pool's acquire and release. Not
+        retried: a write may have committed before its connection was lost.
+        """
+        enclosing = self._transactions.enclosing()
+        if enclosing is not None:
+            with translate_errors():
+                return await query(enclosing[0])
+        if self._table_creators and not _creating_tables.get():
+            await self._create_pending_tables()
+        return await self._connections.run_kept(query)
+
     @contextlib.asynccontextmanager
     async def transaction(
         self, *, commit: bool = False

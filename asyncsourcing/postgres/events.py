@@ -11,6 +11,7 @@ which wakes subscriptions in every process.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from eventsourcing.persistence import Notification, ProgrammingError, StoredEven
 
 from asyncsourcing.postgres.dialect import TABLE_OPTIONS, truncate_identifier
 from asyncsourcing.postgres.identifiers import (
+    MAX_IDENTIFIER_LEN,
     dollar_quote,
     qualified,
     quote_identifier,
@@ -29,9 +31,24 @@ from asyncsourcing.postgres.identifiers import (
 if TYPE_CHECKING:
     from asyncsourcing.postgres.datastore import PostgresConnection, PostgresDatastore
 
-__all__ = ["PostgresEventsDialect"]
+__all__ = ["PostgresEventsDialect", "insert_function_name"]
 
 logger = logging.getLogger(__name__)
+
+
+_INSERT_COLUMNS = "(originator_id, originator_version, topic, state)"
+
+
+def insert_function_name(table_name: str) -> str:
+    """The name of the function through which saves insert into ``table_name``:
+    ``asyncsourcing_insert_<table>``, or, where that is longer than
+    PostgreSQL's 63 bytes, its start and a digest of the table's name."""
+    name = f"asyncsourcing_insert_{table_name}"
+    if len(name.encode()) <= MAX_IDENTIFIER_LEN:
+        return name
+    digest = hashlib.sha256(table_name.encode()).hexdigest()[:12]
+    start = name.encode()[: MAX_IDENTIFIER_LEN - len(digest) - 1]
+    return f"{start.decode(errors='ignore')}_{digest}"
 
 
 class PostgresEventsDialect:
@@ -61,9 +78,14 @@ class PostgresEventsDialect:
         self.channel_name = table_name.replace(".", "_")
         self.pg_function_name_insert_events = f"es_insert_events_{id_type}"
         self.table = qualified(datastore.schema, table_name)
-        self._insert_function = qualified(
+        # The function of earlier versions, one per schema and id type, which
+        # names the table in arguments (still made, for their processes).
+        self._shared_insert_function = qualified(
             datastore.schema, f"asyncsourcing_insert_events_{id_type}"
         )
+        # The table's own: saves go through one call of it each.
+        self.insert_function_name = insert_function_name(table_name)
+        self._insert_function = qualified(datastore.schema, self.insert_function_name)
         # Parallel arrays, unnested together: one statement, one round trip,
         # rows in the order given.
         self._insert_statement = (
@@ -87,8 +109,15 @@ class PostgresEventsDialect:
             f"SELECT MAX(notification_id) FROM {self.table}"
         )
         self._select_notifications_statements: dict[tuple[bool, ...], str] = {}
+        # The types choose the function of the two.
         self._insert_function_statement = (
-            f"SELECT * FROM {self._insert_function}($1, $2, $3, $4, $5, $6, $7, $8)"
+            f"SELECT * FROM {self._insert_function}($1::text, "
+            f"$2::{quote_identifier(id_type)}[], $3::bigint[], $4::text[], "
+            "$5::bytea[])"
+        )
+        self._insert_one_function_statement = (
+            f"SELECT {self._insert_function}($1::text, "
+            f"$2::{quote_identifier(id_type)}, $3::bigint, $4::text, $5::bytea)"
         )
 
     def create_table_statements(self) -> list[str]:
@@ -119,15 +148,75 @@ class PostgresEventsDialect:
                 "CREATE UNIQUE INDEX IF NOT EXISTS "
                 f"{quote_identifier(self.notification_id_index_name)} "
                 f"ON {self.table} (notification_id ASC);",
-                self._create_insert_function_statement(id_type),
+                self._create_shared_insert_function_statement(id_type),
+                *self._create_insert_function_statements(id_type),
             ]
         return statements
 
-    def _create_insert_function_statement(self, id_type: str) -> str:
-        """Saves go through one call of this function each: lock, notify and
-        insert in one round trip and one implicit transaction."""
+    def _create_insert_function_statements(self, id_type: str) -> list[str]:
+        """Saves go through one call of these functions each: lock, notify
+        and insert in one round trip and one implicit transaction.
+
+        Functions of the table, whose statements name it: static SQL, which
+        PL/pgSQL plans once per session, where a function that takes the
+        table's name in an argument must parse and plan its statements at
+        each call (``EXECUTE format(...)``), which cost a lone save more than
+        the lock, the NOTIFY and the call together. Two of one name, told
+        apart by their arguments' types: for one event, and for many as
+        parallel arrays, unnested together in the order given (arrays of one
+        cost a save more, on both sides). The first argument is the lock
+        timeout ("5s"; NULL: the session's).
+        """
+        return [
+            self._create_insert_function_statement(
+                f"text, {id_type}[], bigint[], text[], bytea[]",
+                "SETOF bigint",
+                "RETURN QUERY "
+                f"INSERT INTO {self.table} {_INSERT_COLUMNS} "
+                "SELECT * FROM unnest($2, $3, $4, $5) RETURNING notification_id; ",
+            ),
+            # A value, not a set: no set to materialise and scan, here or in
+            # the query that calls it.
+            self._create_insert_function_statement(
+                f"text, {id_type}, bigint, text, bytea",
+                "bigint",
+                f"INSERT INTO {self.table} {_INSERT_COLUMNS} "
+                "VALUES ($2, $3, $4, $5) RETURNING notification_id INTO inserted; "
+                "RETURN inserted; ",
+            ),
+        ]
+
+    def _create_insert_function_statement(
+        self, arguments: str, returns: str, insert: str
+    ) -> str:
+        body = (
+            "DECLARE inserted bigint; "
+            "BEGIN "
+            # The lock waits at most this long, for this transaction only, as
+            # eventsourcing's "SET LOCAL lock_timeout".
+            "IF $1 IS NOT NULL THEN "
+            "PERFORM set_config('lock_timeout', $1, true); "
+            "END IF; "
+            # EXCLUSIVE blocks other writers, not readers, until commit: ids
+            # are issued and committed in order.
+            f"{self.lock_table_statement}; "
+            # Delivered at commit, to every LISTEN connection.
+            f"NOTIFY {quote_identifier(self.channel_name)}; "
+            f"{insert}"
+            "END;"
+        )
         return (
-            f"CREATE OR REPLACE FUNCTION {self._insert_function}("
+            f"CREATE OR REPLACE FUNCTION {self._insert_function}({arguments}) "
+            f"RETURNS {returns} LANGUAGE plpgsql AS {dollar_quote(body)}"
+        )
+
+    def _create_shared_insert_function_statement(self, id_type: str) -> str:
+        """The insert function of earlier versions, which processes of those
+        versions call on tables made by this one (or by eventsourcing, if
+        made by one of them): one per schema and id type, the table's name in
+        arguments."""
+        return (
+            f"CREATE OR REPLACE FUNCTION {self._shared_insert_function}("
             "events_schema text, events_table text, channel text, "
             f"lock_timeout text, originator_ids {id_type}[], "
             "originator_versions bigint[], topics text[], states bytea[]) "
@@ -268,21 +357,32 @@ class PostgresEventsDialect:
             # One statement, which commits by itself.
             async with self.datastore.connection() as conn:
                 return await self.insert(conn, stored_events)
-        lock_timeout = self.datastore.lock_timeout
+        timeout = self.datastore.lock_timeout
+        lock_timeout = f"{timeout}s" if timeout else None
         try:
-            async with self.datastore.connection() as conn:
-                rows = await conn.fetch(
-                    self._insert_function_statement,
-                    self.datastore.schema,
-                    self.table_name,
-                    self.channel_name,
-                    f"{lock_timeout}s" if lock_timeout else None,
-                    *self._insert_args(stored_events),
+            if len(stored_events) == 1:
+                (e,) = stored_events
+                args: tuple[Any, ...] = (
+                    lock_timeout,
+                    self._originator_id(e.originator_id),
+                    e.originator_version,
+                    e.topic,
+                    e.state,
                 )
+                notification_id: int = await self.datastore.write(
+                    lambda conn: conn.fetchval(
+                        self._insert_one_function_statement, *args
+                    )
+                )
+                return [notification_id]
+            args = (lock_timeout, *self._insert_args(stored_events))
+            rows = await self.datastore.write(
+                lambda conn: conn.fetch(self._insert_function_statement, *args)
+            )
         except ProgrammingError as error:
             if not isinstance(error.__cause__, asyncpg.UndefinedFunctionError):
                 raise
-            # Tables made elsewhere (CREATE_TABLE=false), without our function.
+            # Tables made elsewhere (CREATE_TABLE=false), without our functions.
             self.inserts_alone = False
             return None
         return [row[0] for row in rows]

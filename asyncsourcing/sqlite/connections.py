@@ -18,9 +18,9 @@ import contextlib
 import logging
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 from urllib.parse import parse_qs, unquote
 
 import aiosqlite
@@ -36,6 +36,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # How long closing waits for a connection's thread to end after the
 # connection has been told to stop. The thread ends as soon as it has run
@@ -113,6 +115,30 @@ class SQLiteConnections:
                         self._idle_readers.append(connection)
                     else:
                         self._discard(connection)
+
+    async def run_writer(
+        self, query: Callable[[aiosqlite.Connection], Awaitable[T]]
+    ) -> T:
+        """The result of ``query``, run on the writer connection (in its turn).
+
+        :meth:`connection` for one query, without its context managers (a
+        save's insert runs it). Errors come out as PEP 249 errors; a
+        connection left in a transaction, or that :meth:`abandon` gave up
+        on, is closed rather than used again.
+        """
+        self.check_open()
+        async with self._writer_lock:
+            connection = self._writer
+            if connection is None:
+                connection = self._writer = await self._open()
+            try:
+                return await query(connection)
+            except BaseException as error:
+                self.raise_translated(error, connection)
+            finally:
+                if not self._is_reusable(connection):
+                    self._writer = None
+                    self._discard(connection)
 
     async def abandon(self, connection: aiosqlite.Connection) -> None:
         """Roll back after an error; a connection that can't is not reused."""

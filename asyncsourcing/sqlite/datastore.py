@@ -218,6 +218,19 @@ class SQLiteDatastore(Resource):
             except BaseException as error:
                 self._connections.raise_translated(error, connection)
 
+    async def write(self, query: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """The result of ``query``, run on the writer connection outside any
+        transaction: :meth:`autocommit` for one query, without its context
+        managers (a save's insert runs it: one statement, one trip to the
+        connection's thread). Raises :class:`ProgrammingError` inside a
+        transaction of the task."""
+        if self._transactions.enclosing() is not None:
+            msg = f"write() inside a transaction of its task on {self!r}"
+            raise ProgrammingError(msg)
+        if self._table_creators:
+            await self.create_tables()
+        return await self._connections.run_writer(query)
+
     def call_after_commit(
         self, conn: aiosqlite.Connection, callback: Callable[[], None]
     ) -> None:

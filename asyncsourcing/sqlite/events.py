@@ -12,6 +12,8 @@ commits are found by polling (see
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
     from asyncsourcing.sqlite.notifier import Subscriber
 
 __all__ = ["SQLiteEventsDialect"]
+
+logger = logging.getLogger(__name__)
 
 # SQLite binds at most 32,766 parameters in a statement, four per event.
 _MAX_ROWS_PER_STATEMENT = 8000
@@ -50,6 +54,9 @@ class SQLiteEventsDialect:
         table = quote(table_name)
         self._insert_statement = f"INSERT INTO {table} VALUES (?, ?, ?, ?)"
         self._insert_values_prefix = f"INSERT INTO {table} VALUES"
+        self._insert_one_statement = (
+            f"{self._insert_values_prefix} (?, ?, ?, ?) RETURNING rowid"
+        )
         self._select_events_statement = (
             f"SELECT originator_id, originator_version, topic, state FROM {table} "
             "WHERE originator_id = ?"
@@ -59,6 +66,7 @@ class SQLiteEventsDialect:
             f"FROM {table}"
         )
         self._max_notification_id_statement = f"SELECT MAX(rowid) FROM {table}"
+        self._waking: set[asyncio.Task[None]] = set()
 
     def create_table_statements(self) -> list[str]:
         return [
@@ -94,12 +102,22 @@ class SQLiteEventsDialect:
             return None
         # One statement, a transaction by itself: one trip to the
         # connection's thread instead of four (BEGIN, INSERT, SELECT, COMMIT).
-        values = ", ".join(["(?, ?, ?, ?)"] * len(stored_events))
-        params = [value for s in stored_events for value in _row(s)]
-        async with self.datastore.autocommit() as conn:
-            rows = await conn.execute_fetchall(
-                f"{self._insert_values_prefix} {values} RETURNING rowid", params
+        if len(stored_events) == 1:
+            statement = self._insert_one_statement
+            params: Sequence[Any] = _row(stored_events[0])
+        else:
+            values = ", ".join(["(?, ?, ?, ?)"] * len(stored_events))
+            statement = f"{self._insert_values_prefix} {values} RETURNING rowid"
+            params = [value for s in stored_events for value in _row(s)]
+        try:
+            rows = await self.datastore.write(
+                lambda conn: conn.execute_fetchall(statement, params)
             )
+        except asyncio.CancelledError:
+            # The statement runs on in the connection's thread, and may
+            # commit: wake the subscribers once it has run.
+            self._wake_after_writes()
+            raise
         self.events_committed()
         # RETURNING's order is unspecified, but rows are inserted in the
         # order of VALUES, each with the next rowid.
@@ -190,6 +208,24 @@ class SQLiteEventsDialect:
         """Events have committed to the table: wake its subscribers in the
         process (those of every datastore on the database)."""
         self.datastore.notifier.events_committed(self.table_name)
+
+    def _wake_after_writes(self) -> None:
+        """:meth:`events_committed` once the statements sent to the writer
+        connection so far have run (the statements after them do)."""
+
+        async def wake() -> None:
+            try:
+                await self.datastore.write(
+                    lambda conn: conn.execute_fetchall("SELECT 1")
+                )
+            except Exception:  # Closed, say: its statements have run.
+                logger.debug("Waiting for the writer of %r failed", self.datastore)
+            if not self.datastore.is_closed:
+                self.events_committed()
+
+        task = asyncio.get_running_loop().create_task(wake())
+        self._waking.add(task)
+        task.add_done_callback(self._waking.discard)
 
     def add_subscriber(self, subscriber: Subscriber) -> None:
         """Wake ``subscriber`` (a subscription) when events commit to the table."""

@@ -76,9 +76,15 @@ async def test_tables_made_elsewhere_without_the_function_still_work(
     async with Application[UUID](env) as app:
         await app.save(Aggregate())
     async with admin_connection(postgres_env) as conn:
-        await conn.execute(
-            f'DROP FUNCTION "{pg_schema}".asyncsourcing_insert_events_uuid'
+        functions = await conn.fetch(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p "
+            "JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = $1 AND p.proname LIKE 'asyncsourcing_insert_%'",
+            pg_schema,
         )
+        assert len(functions) == 3  # The table's two, and earlier versions'.
+        for (function,) in functions:
+            await conn.execute(f"DROP FUNCTION {function}")
     async with Application[UUID]({**env, "CREATE_TABLE": "false"}) as app:
         results: list[Any] = await asyncio.gather(
             *(app.save(Aggregate()) for _ in range(5))
