@@ -204,7 +204,7 @@ class ProjectionVersions(Resource, Generic[TApplication, TView]):
         the new version processed while building beyond the old version's
         position would get their side effects from neither, so the switch
         first waits, up to :attr:`switch_wait` seconds, for the old version
-        to reach the new one's position.
+        to reach the new one's position, if a runner of it leads.
         """
         versions = await self._versions()
         records = await versions.records(self.name)
@@ -214,7 +214,11 @@ class ProjectionVersions(Resource, Generic[TApplication, TView]):
         dialects = [_sql_view(v).tracking_dialect for v in views]
         leases = views[0].leases
         app_name = record.application_name
-        if serving and serving[0] != version:
+        if (
+            serving
+            and serving[0] != version
+            and await self._leader(views[0], app_name, serving[0]) is not None
+        ):
             with contextlib.suppress(TimeoutError):
                 await views[0].wait(
                     app_name,
@@ -259,18 +263,13 @@ class ProjectionVersions(Resource, Generic[TApplication, TView]):
         versions = await self._versions()
         record = find_version(await versions.records(self.name), self.name, version)
         view = await self.view(version)
-        leases = view.leases
-        if leases is not None:
-            lease = await leases.read(
-                record.application_name, versioned_name(self.name, version)
+        leader = await self._leader(view, record.application_name, version)
+        if leader is not None:
+            msg = (
+                f"Projection {self.name!r} version {version} is being run "
+                f"(lease held by {leader}): stop its runners first"
             )
-            # A released lease expires as it is released.
-            if lease is not None and lease.expires_at > datetime.now(UTC):
-                msg = (
-                    f"Projection {self.name!r} version {version} is being run "
-                    f"(lease held by {lease.owner}): stop its runners first"
-                )
-                raise VersionError(msg)
+            raise VersionError(msg)
         position = await view.max_tracking_id(record.application_name)
         await view.drop_tables()
         if record.status is VersionStatus.SERVING:
@@ -401,6 +400,20 @@ class ProjectionVersions(Resource, Generic[TApplication, TView]):
             await view.leases.create_table()  # A switch fences in it.
         self._registry = versions
         return versions
+
+    async def _leader(
+        self, view: TrackingRecorder, application_name: str, version: int
+    ) -> str | None:
+        """The owner of the lease of ``version`` if it is held (a runner of
+        the version leads), else None."""
+        leases = view.leases
+        if leases is None:
+            return None
+        lease = await leases.read(application_name, versioned_name(self.name, version))
+        # A released lease expires as it is released.
+        if lease is not None and lease.expires_at > datetime.now(UTC):
+            return lease.owner
+        return None
 
     async def _head(self) -> int:
         if self._app is None:
