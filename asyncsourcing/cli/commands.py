@@ -24,6 +24,7 @@ from asyncsourcing.cli.progress import (
     format_progress,
     take_sample,
 )
+from asyncsourcing.cli.signals import stopped_by_signals
 from asyncsourcing.persistence import PersistenceError, TrackingRecorder
 from asyncsourcing.projection import BaseProjectionRunner, Role
 
@@ -71,27 +72,23 @@ async def run_command(
 ) -> int:
     """Run the projection until a signal, the timeout or an error."""
     interval = args.interval or (TTY_INTERVAL if progress.is_tty else PIPE_INTERVAL)
+
+    def stop(signum: signal.Signals) -> None:
+        logger.info("%s received: stopping after the event in hand", signum.name)
+        runner.stop()
+
+    with stopped_by_signals(stop, asyncio.current_task()):
+        return await _run(args, runner, progress, interval)
+
+
+async def _run(
+    args: argparse.Namespace,
+    runner: BaseProjectionRunner[Any],
+    progress: ProgressLine,
+    interval: float,
+) -> int:
+    """The body of :func:`run_command`, under its signal handlers."""
     recorder, topics = runner.tracking_recorder, runner.topics
-    loop = asyncio.get_running_loop()
-    main_task = asyncio.current_task()
-    signals_received: list[str] = []
-
-    def on_signal(signum: signal.Signals) -> None:
-        signals_received.append(signum.name)
-        if len(signals_received) == 1:
-            logger.info("%s received: stopping after the event in hand", signum.name)
-            runner.stop()
-        elif main_task is not None:
-            # A second signal: the user will not wait for a clean stop.
-            logger.warning("%s received again: cancelling", signum.name)
-            main_task.cancel()
-
-    handled = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        # Not on Windows' event loops: Ctrl-C raises KeyboardInterrupt there.
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, on_signal, signum)
-            handled.append(signum)
     try:
         async with runner:
             logger.info("Running %s of %s", runner.projection_name, runner.app_name)
@@ -122,9 +119,6 @@ async def run_command(
         logger.debug("asyncsourcing run failed", exc_info=error)
         print(f"asyncsourcing run: error: {describe(error)}", file=sys.stderr)
         return EXIT_ERROR
-    finally:
-        for signum in handled:
-            loop.remove_signal_handler(signum)
     progress.finish()
     return EXIT_OK
 

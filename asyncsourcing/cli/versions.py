@@ -20,7 +20,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -45,6 +45,7 @@ from asyncsourcing.cli.progress import (
     count,
     format_rebuild,
 )
+from asyncsourcing.cli.signals import stopped_by_signals
 from asyncsourcing.persistence import InfrastructureFactoryError
 from asyncsourcing.projection import (
     ProjectionVersions,
@@ -243,37 +244,6 @@ class RebuildReporter:
         self._shown, self._shown_at = report, now
 
 
-@contextlib.contextmanager
-def _stopped_by_signals(
-    first: Callable[[signal.Signals], None], main_task: asyncio.Task[Any] | None
-) -> Iterator[list[str]]:
-    """Call ``first`` at the first SIGINT or SIGTERM; cancel ``main_task`` at
-    each later one. Gives the names of the signals received."""
-    loop = asyncio.get_running_loop()
-    received: list[str] = []
-
-    def on_signal(signum: signal.Signals) -> None:
-        received.append(signum.name)
-        if len(received) == 1:
-            first(signum)
-        elif main_task is not None:
-            # The user will not wait for a clean stop.
-            logger.warning("%s received again: cancelling", signum.name)
-            main_task.cancel()
-
-    handled = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        # Not on Windows' event loops: Ctrl-C raises KeyboardInterrupt there.
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, on_signal, signum)
-            handled.append(signum)
-    try:
-        yield received
-    finally:
-        for signum in handled:
-            loop.remove_signal_handler(signum)
-
-
 async def rebuild_command(
     args: argparse.Namespace, versions: Versions, progress: ProgressLine
 ) -> int:
@@ -302,7 +272,7 @@ async def rebuild_command(
         logger.info("%s received: stopping the rebuild", signum.name)
         building.cancel()
 
-    with _stopped_by_signals(stop, asyncio.current_task()) as received:
+    with stopped_by_signals(stop, asyncio.current_task()) as received:
         try:
             logger.info("Rebuilding version %d of %s", version, versions.name)
             await asyncio.wait([building])
