@@ -59,6 +59,7 @@ class PostgresTrackingDialect:
             f"SELECT MAX(notification_id) FROM {table} WHERE application_name=$1"
         )
         self._leases: PostgresLeases | None = None
+        self._versions: PostgresVersions | None = None
 
     def _upsert_statement(self, condition: str) -> str:
         """Inserts or moves the row forward where ``condition`` holds, or
@@ -202,7 +203,9 @@ class PostgresTrackingDialect:
 
     @property
     def versions(self) -> PostgresVersions:
-        return PostgresVersions(self.datastore)
+        if self._versions is None:
+            self._versions = PostgresVersions(self.datastore)
+        return self._versions
 
     async def drop_tables(
         self, conn: PostgresConnection, tables: Sequence[str]

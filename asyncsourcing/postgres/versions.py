@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from asyncsourcing.postgres.errors import translate_errors
 from asyncsourcing.postgres.identifiers import qualified, quote_identifier
-from asyncsourcing.sql.versions import COLUMNS, SQLVersions
-from asyncsourcing.versions import VersionRecord, VersionStatus
+from asyncsourcing.sql.versions import COLUMNS, SQLVersions, version_record
+from asyncsourcing.versions import VersionRecord
 
 if TYPE_CHECKING:
     from asyncsourcing.postgres.datastore import PostgresConnection, PostgresDatastore
@@ -88,15 +88,5 @@ class PostgresVersions(SQLVersions["PostgresConnection"]):
     ) -> list[VersionRecord]:
         with translate_errors():
             rows = await conn.fetch(statement, *args)
-        return [
-            VersionRecord(
-                projection_name=row[0],
-                version=row[1],
-                status=VersionStatus(row[2]),
-                application_name=row[3],
-                replay_until=row[4],
-                created_at=row[5],
-                switched_at=row[6],
-            )
-            for row in rows
-        ]
+        # asyncpg gives timestamptz as aware datetimes.
+        return [version_record(row, lambda value: value) for row in rows]

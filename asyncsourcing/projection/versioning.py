@@ -65,7 +65,7 @@ class RunnerVersion:
     def split(self, batch: Sequence[Notification]) -> list[Sequence[Notification]]:
         """``batch`` in runs of replays and of live events, in order."""
         record = self.record
-        if record is None or not batch:
+        if record is None or not batch or self._all_live(batch):
             return [batch]
         runs: list[list[Notification]] = []
         last: bool | None = None
@@ -77,6 +77,16 @@ class RunnerVersion:
             runs[-1].append(notification)
         return list(runs)
 
+    def _all_live(self, batch: Sequence[Notification]) -> bool:
+        """Whether the serving version's ``batch`` is past its mark: the
+        usual case, answered without looking at each event."""
+        record = self.record
+        return (
+            record is not None
+            and record.status is VersionStatus.SERVING
+            and (record.replay_until is None or batch[0].id > record.replay_until)
+        )
+
     async def context(
         self, batch: Sequence[Notification]
     ) -> AbstractContextManager[object]:
@@ -84,7 +94,7 @@ class RunnerVersion:
         transaction: a building version's record is read there, locked, so
         that a switch waits for the transaction. Raises
         :class:`MarkCrossedError` if ``batch`` holds replays and live events."""
-        if self.record is None:
+        if self.record is None or self._all_live(batch):
             return contextlib.nullcontext()
         if self.record.status is not VersionStatus.SERVING:
             assert self.versions is not None

@@ -11,6 +11,8 @@ view transaction.
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Generic
 
 from asyncsourcing.sql.datastore import Conn, SQLDatastore
@@ -22,13 +24,27 @@ from asyncsourcing.versions import (
     find_version,
 )
 
-__all__ = ["COLUMNS", "SQLVersions"]
+__all__ = ["COLUMNS", "SQLVersions", "version_record"]
 
 COLUMNS = (
     "projection_name, version, status, application_name, replay_until, "
     "created_at, switched_at"
 )
 """The columns of every statement that reads records, in this order."""
+
+
+def version_record(row: Any, timestamp: Callable[[Any], datetime]) -> VersionRecord:
+    """The record of a row of :data:`COLUMNS`; ``timestamp`` reads the
+    backend's stored times."""
+    return VersionRecord(
+        projection_name=row[0],
+        version=row[1],
+        status=VersionStatus(row[2]),
+        application_name=row[3],
+        replay_until=row[4],
+        created_at=timestamp(row[5]),
+        switched_at=None if row[6] is None else timestamp(row[6]),
+    )
 
 
 class SQLVersions(Versions, Generic[Conn]):

@@ -47,6 +47,7 @@ class SQLiteTrackingDialect:
             f"SELECT MAX(notification_id) FROM {table} WHERE application_name = ?"
         )
         self._leases: SQLiteLeases | None = None
+        self._versions: SQLiteVersions | None = None
 
     def _upsert_statement(self, condition: str) -> str:
         """Inserts the first row of an application, or moves its row forward
@@ -181,7 +182,9 @@ class SQLiteTrackingDialect:
 
     @property
     def versions(self) -> SQLiteVersions:
-        return SQLiteVersions(self.datastore)
+        if self._versions is None:
+            self._versions = SQLiteVersions(self.datastore)
+        return self._versions
 
     async def drop_tables(
         self, conn: aiosqlite.Connection, tables: Sequence[str]

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
-from asyncsourcing.sql.versions import COLUMNS, SQLVersions
-from asyncsourcing.versions import VersionRecord, VersionStatus
+from asyncsourcing.sql.versions import COLUMNS, SQLVersions, version_record
+from asyncsourcing.versions import VersionRecord
 
 if TYPE_CHECKING:
     from asyncsourcing.sqlite.datastore import SQLiteDatastore
@@ -75,17 +75,8 @@ class SQLiteVersions(SQLVersions[aiosqlite.Connection]):
         self, conn: aiosqlite.Connection, statement: str, *args: Any
     ) -> list[VersionRecord]:
         rows = await conn.execute_fetchall(statement, args)
-        return [
-            VersionRecord(
-                projection_name=row[0],
-                version=row[1],
-                status=VersionStatus(row[2]),
-                application_name=row[3],
-                replay_until=row[4],
-                created_at=datetime.fromtimestamp(row[5], UTC),
-                switched_at=(
-                    None if row[6] is None else datetime.fromtimestamp(row[6], UTC)
-                ),
-            )
-            for row in rows
-        ]
+        return [version_record(row, _from_seconds) for row in rows]
+
+
+def _from_seconds(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
