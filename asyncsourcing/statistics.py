@@ -1,4 +1,6 @@
-"""What a projection runner has done: counters kept in memory, read as a snapshot."""
+"""Counters kept in memory, read as snapshots: what a projection runner has
+done (:class:`RunnerCounters`), and how far the readers of an events table
+written concurrently are held back (:class:`HorizonCounters`)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,12 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-__all__ = ["RunnerCounters", "RunnerStatistics"]
+__all__ = [
+    "HorizonCounters",
+    "HorizonStatistics",
+    "RunnerCounters",
+    "RunnerStatistics",
+]
 
 
 @dataclass(frozen=True)
@@ -214,4 +221,90 @@ class RunnerCounters:
             owner=owner,
             epoch=epoch,
             role_since=role_since,
+        )
+
+
+@dataclass(frozen=True)
+class HorizonStatistics:
+    """The visibility horizon of an events table in concurrent write mode, as
+    one recorder's reads found it (see :mod:`asyncsourcing.postgres.concurrent`).
+
+    Readers pass only notification ids below the horizon, every transaction
+    of which has ended. A read is *stalled* when ids at or above the horizon
+    have been issued: transactions that are still open (a long one holds the
+    horizon back until it ends), or that ended after the horizon was taken.
+    """
+
+    table: str
+    """The events table, quoted and schema-qualified."""
+    reads: int
+    """Horizons computed (one per read of notifications or of the last id)."""
+    stalled_reads: int
+    """Of :attr:`reads`, those that found ids issued at or above the horizon."""
+    horizon: int | None
+    """The last horizon: ids below it may be read. None before any read."""
+    last_issued: int | None
+    """The last id issued when :attr:`horizon` was computed (0: none yet)."""
+    held_back: int
+    """Ids issued at or above the horizon at the last read: committed, still
+    being written, or rolled back (the sequence cannot tell), not readable
+    yet. 0 when the last read was not stalled."""
+    stalled_since: datetime | None
+    """Since when the horizon has stood still at its value with ids above
+    it: the time of the first read that found it so. None when the last read
+    was not stalled."""
+    stall_seconds: float
+    """How long the horizon has stood still, now, with ids above it (0.0 when
+    the last read was not stalled). Under a steady load each read finds it a
+    little further on, and this stays near the interval between reads; a
+    transaction left open makes it grow until it ends."""
+
+
+class HorizonCounters:
+    """The horizons that one recorder has computed, counted in memory."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+        self._reads = 0
+        self._stalled_reads = 0
+        self._horizon: int | None = None
+        self._last_issued: int | None = None
+        self._stalled_since: datetime | None = None
+        self._stalled_monotonic: float | None = None
+
+    @property
+    def is_held_back(self) -> bool:
+        """Whether the last read found ids issued at or above the horizon."""
+        return self._stalled_monotonic is not None
+
+    def read(self, horizon: int, last_issued: int) -> None:
+        """A read computed ``horizon``, when ``last_issued`` was the last id."""
+        self._reads += 1
+        if horizon <= last_issued:
+            self._stalled_reads += 1
+            # Still at the same value: the stall goes on.
+            if self._stalled_monotonic is None or horizon != self._horizon:
+                self._stalled_since = datetime.now(UTC)
+                self._stalled_monotonic = time.monotonic()
+        else:
+            self._stalled_since = None
+            self._stalled_monotonic = None
+        self._horizon = horizon
+        self._last_issued = last_issued
+
+    def snapshot(self) -> HorizonStatistics:
+        """The counters of this moment."""
+        since = self._stalled_monotonic
+        held_back = 0
+        if since is not None and self._horizon is not None:
+            held_back = (self._last_issued or 0) + 1 - self._horizon
+        return HorizonStatistics(
+            table=self.table,
+            reads=self._reads,
+            stalled_reads=self._stalled_reads,
+            horizon=self._horizon,
+            last_issued=self._last_issued,
+            held_back=held_back,
+            stalled_since=self._stalled_since,
+            stall_seconds=0.0 if since is None else time.monotonic() - since,
         )

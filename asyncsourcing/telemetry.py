@@ -27,6 +27,28 @@ instrument                                kind       value
 
 Observable callbacks may run in an exporter's thread: they only read the
 cached snapshot, never the runner or the database.
+
+:class:`HorizonMetrics` reports, while entered, the visibility horizon of
+PostgreSQL application recorders in concurrent write mode
+(``POSTGRES_CONCURRENT_WRITES=true``; see
+:mod:`asyncsourcing.postgres.concurrent`), as their reads found it, with the
+attribute ``table``::
+
+    async with HorizonMetrics(runner.app.recorder):
+        await runner.run_forever()
+
+========================================  =========  ===========================
+instrument                                kind       value
+========================================  =========  ===========================
+``asyncsourcing.horizon.held_back``       gauge      ids issued but held back
+                                                     by the horizon
+``asyncsourcing.horizon.stall_duration``  gauge      seconds the horizon has
+                                                     stood still, held back
+``asyncsourcing.horizon.reads``           counter    horizons computed
+``asyncsourcing.horizon.stalled_reads``   counter    of which held back
+========================================  =========  ===========================
+
+Its callbacks read the recorders' counters, kept in memory: no IO.
 """
 
 from __future__ import annotations
@@ -36,16 +58,16 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
-from asyncsourcing.statistics import RunnerStatistics
+from asyncsourcing.statistics import HorizonStatistics, RunnerStatistics
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
     from asyncsourcing.projection import BaseProjectionRunner
 
-__all__ = ["RunnerMetrics"]
+__all__ = ["HorizonMetrics", "RunnerMetrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -187,3 +209,116 @@ class RunnerMetrics:
             except Exception:
                 # Metrics must not stop the service: the last snapshot stays.
                 logger.exception("Could not read the runner's statistics")
+
+
+class SupportsHorizonStatistics(Protocol):
+    """A recorder that counts its visibility horizons (PostgreSQL's
+    application recorders: None in table-lock mode)."""
+
+    def horizon_statistics(self) -> HorizonStatistics | None: ...
+
+
+_HORIZON_GAUGES: dict[
+    str, tuple[str, str, Callable[[HorizonStatistics], int | float]]
+] = {
+    "held_back": (
+        "{event}",
+        "Notification ids issued at or above the visibility horizon at the "
+        "last read: not readable yet",
+        lambda s: s.held_back,
+    ),
+    "stall_duration": (
+        "s",
+        "How long the visibility horizon has stood still, held back by open "
+        "transactions",
+        lambda s: s.stall_seconds,
+    ),
+}
+_HORIZON_COUNTERS: dict[str, tuple[str, Callable[[HorizonStatistics], int]]] = {
+    "reads": ("Visibility horizons computed", lambda s: s.reads),
+    "stalled_reads": (
+        "Visibility horizons computed while held back",
+        lambda s: s.stalled_reads,
+    ),
+}
+
+
+class _HorizonInstruments:
+    """One set of observable instruments per meter, for every entered
+    :class:`HorizonMetrics`."""
+
+    def __init__(self, meter: Meter) -> None:
+        self.active: set[HorizonMetrics] = set()
+        for name, (unit, description, read) in _HORIZON_GAUGES.items():
+            meter.create_observable_gauge(
+                f"asyncsourcing.horizon.{name}",
+                callbacks=[self._callback(read)],
+                unit=unit,
+                description=description,
+            )
+        for name, (description, read_count) in _HORIZON_COUNTERS.items():
+            meter.create_observable_counter(
+                f"asyncsourcing.horizon.{name}",
+                callbacks=[self._callback(read_count)],
+                unit="{read}",
+                description=description,
+            )
+
+    def _callback(
+        self, read: Callable[[HorizonStatistics], int | float]
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        from opentelemetry.metrics import Observation
+
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            for metrics in list(self.active):
+                for recorder in metrics.recorders:
+                    statistics = recorder.horizon_statistics()
+                    if statistics is not None:
+                        yield Observation(read(statistics), {"table": statistics.table})
+
+        return observe
+
+
+_horizon_instruments: dict[int, tuple[Meter, _HorizonInstruments]] = {}
+
+
+class HorizonMetrics:
+    """Reports the visibility horizon of ``recorders`` (in concurrent write
+    mode; others are left out) as OpenTelemetry metrics while entered.
+
+    ``meter`` defaults to ``opentelemetry.metrics.get_meter("asyncsourcing")``.
+    """
+
+    def __init__(
+        self, *recorders: SupportsHorizonStatistics, meter: Meter | None = None
+    ) -> None:
+        self.recorders = recorders
+        self._meter = meter
+        self._instruments: _HorizonInstruments | None = None
+
+    async def __aenter__(self) -> Self:
+        try:
+            from opentelemetry import metrics
+        except ImportError as error:
+            msg = "HorizonMetrics needs the opentelemetry-api package"
+            raise RuntimeError(msg) from error
+        meter = self._meter or metrics.get_meter("asyncsourcing")
+        # Keyed by identity, holding the meter so that its id is not reused.
+        entry = _horizon_instruments.get(id(meter))
+        if entry is None:
+            entry = _horizon_instruments[id(meter)] = (
+                meter,
+                _HorizonInstruments(meter),
+            )
+        self._instruments = entry[1]
+        self._instruments.active.add(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        if self._instruments is not None:
+            self._instruments.active.discard(self)

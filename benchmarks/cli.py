@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks import progress, rebuild, sections, soak, takeover
+from benchmarks import progress, rebuild, sections, soak, takeover, writers
 from benchmarks.config import BACKENDS
 from benchmarks.report import (
     markdown_table,
@@ -43,7 +43,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "a projection's replicas and the cost of fencing, on PostgreSQL "
             "(see python -m benchmarks takeover --help). "
             "python -m benchmarks rebuild [--events N]: a projection's "
-            "rebuild over a million events, its rate and its memory."
+            "rebuild over a million events, its rate and its memory. "
+            "python -m benchmarks writers [--seconds S]: writer processes on "
+            "one PostgreSQL table, with and without the table lock."
         ),
     )
     size = parser.add_mutually_exclusive_group()
@@ -120,6 +122,7 @@ def _write_results(report: Report, path: Path, command: str) -> None:
             takeover.kept_section(old),
             soak.kept_section(old),
             sections.kept_section(old, rebuild.SECTION_BEGIN, rebuild.SECTION_END),
+            sections.kept_section(old, writers.SECTION_BEGIN, writers.SECTION_END),
         ):
             if kept:
                 text += "\n" + kept
@@ -135,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return soak.main(words[1:])
     if words[:1] == ["rebuild"]:
         return rebuild.main(words[1:])
+    if words[:1] == ["writers"]:
+        return writers.main(words[1:])
     args = parse_args(argv)
     progress.quiet = args.quiet
     progress.reset_clock()

@@ -12,9 +12,11 @@ datastore protocol: transactions, table creation, position boards) on
 connection), :mod:`.recorders` (those of :mod:`asyncsourcing.sql`, given
 PostgreSQL's SQL: :mod:`.dialect`, :mod:`.events`, :mod:`.tracking`),
 :mod:`.subscription`, :mod:`.leases`, :mod:`.factory`, :mod:`.errors`
-(asyncpg to PEP 249 errors), :mod:`.identifiers`.
+(asyncpg to PEP 249 errors), :mod:`.identifiers`, :mod:`.concurrent`
+(concurrent write mode, ``POSTGRES_CONCURRENT_WRITES``).
 """
 
+from asyncsourcing.postgres.concurrent import EventsTableModeError
 from asyncsourcing.postgres.datastore import PostgresConnection, PostgresDatastore
 from asyncsourcing.postgres.factory import PostgresFactory
 from asyncsourcing.postgres.listener import PostgresListener
@@ -29,6 +31,7 @@ from asyncsourcing.postgres.settings import PostgresSettings, PostgresSettingsEr
 from asyncsourcing.postgres.subscription import PostgresSubscription
 
 __all__ = [
+    "EventsTableModeError",
     "PostgresAggregateRecorder",
     "PostgresApplicationRecorder",
     "PostgresConnection",

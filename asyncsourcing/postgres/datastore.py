@@ -32,6 +32,7 @@ import asyncpg
 from eventsourcing.persistence import InterfaceError, OperationalError
 from eventsourcing.utils import Environment
 
+from asyncsourcing.postgres.concurrent import ChannelNotifier
 from asyncsourcing.postgres.connections import (
     PostgresConnection,
     PostgresConnections,
@@ -70,6 +71,9 @@ _creating_tables: contextvars.ContextVar[bool] = contextvars.ContextVar(
 _READ_ATTEMPTS = 3
 _READ_RETRY_DELAY = 0.05
 
+# How long close() waits for the notifications of the last commits.
+_NOTIFY_ON_CLOSE_TIMEOUT = 2.0
+
 
 class PostgresDatastore(Resource):
     """Connections to one PostgreSQL database and schema.
@@ -92,6 +96,8 @@ class PostgresDatastore(Resource):
         self._table_creators = PendingTableCreators[PostgresConnection]()
         self._create_lock = asyncio.Lock()
         self._transactions = TaskTransactions[PostgresConnection](self, logger)
+        # A pooled connection, without the table creators (tables exist).
+        self._notifier = ChannelNotifier(self._connections.acquire)
 
     @classmethod
     def from_env(cls, env: Environment | Mapping[str, str]) -> Self:
@@ -244,6 +250,12 @@ class PostgresDatastore(Resource):
         if not conn.is_in_transaction():
             self._transactions.run_after_commit([callback])
 
+    def notify(self, channel: str) -> None:
+        """NOTIFY ``channel`` soon, from a transaction of its own (concurrent
+        write mode, after a commit: see
+        :class:`~asyncsourcing.postgres.concurrent.ChannelNotifier`)."""
+        self._notifier.notify(channel)
+
     async def _init_connection(self, conn: asyncpg.Connection[Any]) -> None:
         """Called for each new pooled connection; subclasses may add to it."""
 
@@ -355,6 +367,8 @@ class PostgresDatastore(Resource):
         """
         if self._connections.closed:
             return
+        # Commits made, announced: before the pool stops lending.
+        await self._notifier.aclose(timeout=_NOTIFY_ON_CLOSE_TIMEOUT)
         # From now on nothing is lent, even before the pool closes.
         self._connections.closed = True
         try:

@@ -6,7 +6,10 @@ notification-id ordering rule and NOTIFY channel are those of
 Inserting into an application's table takes its EXCLUSIVE lock, as
 eventsourcing does, so that transactions get their notification ids and
 commit one after the other, and NOTIFYs the channel named after the table,
-which wakes subscriptions in every process.
+which wakes subscriptions in every process. In concurrent write mode
+(``POSTGRES_CONCURRENT_WRITES=true``) inserts take a shared advisory lock
+instead, readers keep to a visibility horizon, and the NOTIFY follows the
+commit (see :mod:`asyncsourcing.postgres.concurrent`).
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import asyncpg
 from eventsourcing.persistence import Notification, ProgrammingError, StoredEvent
 
+from asyncsourcing.postgres import concurrent
 from asyncsourcing.postgres.dialect import TABLE_OPTIONS, truncate_identifier
 from asyncsourcing.postgres.identifiers import (
     MAX_IDENTIFIER_LEN,
@@ -27,6 +32,7 @@ from asyncsourcing.postgres.identifiers import (
     qualified,
     quote_identifier,
 )
+from asyncsourcing.statistics import HorizonCounters
 
 if TYPE_CHECKING:
     from asyncsourcing.postgres.datastore import PostgresConnection, PostgresDatastore
@@ -39,11 +45,12 @@ logger = logging.getLogger(__name__)
 _INSERT_COLUMNS = "(originator_id, originator_version, topic, state)"
 
 
-def insert_function_name(table_name: str) -> str:
+def insert_function_name(table_name: str, prefix: str = "asyncsourcing_insert_") -> str:
     """The name of the function through which saves insert into ``table_name``:
-    ``asyncsourcing_insert_<table>``, or, where that is longer than
+    ``asyncsourcing_insert_<table>`` (``asyncsourcing_insert_concurrent_<table>``
+    in concurrent write mode: the ``prefix``), or, where that is longer than
     PostgreSQL's 63 bytes, its start and a digest of the table's name."""
-    name = f"asyncsourcing_insert_{table_name}"
+    name = f"{prefix}{table_name}"
     if len(name.encode()) <= MAX_IDENTIFIER_LEN:
         return name
     digest = hashlib.sha256(table_name.encode()).hexdigest()[:12]
@@ -57,6 +64,14 @@ class PostgresEventsDialect:
     With ``notification_ids``, the table has eventsourcing's
     ``notification_id`` column and index, and inserts lock it and notify;
     without (an aggregate recorder's, such as the snapshots'), neither.
+
+    With ``notification_ids`` and the datastore's ``concurrent_writes``
+    setting, the table is in concurrent write mode
+    (:mod:`asyncsourcing.postgres.concurrent`): inserts take the shared
+    advisory lock of the protocol instead of the table lock, NOTIFY after
+    their commit, and reads stop at the visibility horizon. Either way the
+    table's mode is checked against the recorder's once, as its tables are
+    created (:meth:`set_up_write_mode`) or else at first use.
     """
 
     def __init__(
@@ -108,6 +123,9 @@ class PostgresEventsDialect:
         self._max_notification_id_statement = (
             f"SELECT MAX(notification_id) FROM {self.table}"
         )
+        self._max_notification_id_below_statement = (
+            f"SELECT MAX(notification_id) FROM {self.table} WHERE notification_id < $1"
+        )
         self._select_notifications_statements: dict[tuple[bool, ...], str] = {}
         # The types choose the function of the two.
         self._insert_function_statement = (
@@ -119,6 +137,38 @@ class PostgresEventsDialect:
             f"SELECT {self._insert_function}($1::text, "
             f"$2::{quote_identifier(id_type)}, $3::bigint, $4::text, $5::bytea)"
         )
+        # Concurrent write mode.
+        self.concurrent_writes = (
+            notification_ids and datastore.settings.concurrent_writes
+        )
+        self.table_key = concurrent.table_key(datastore.schema, table_name)
+        self.concurrent_insert_function_name = insert_function_name(
+            table_name, prefix="asyncsourcing_insert_concurrent_"
+        )
+        concurrent_function = qualified(
+            datastore.schema, self.concurrent_insert_function_name
+        )
+        self._concurrent_insert_function_statement = (
+            f"SELECT * FROM {concurrent_function}($1::text, "
+            f"$2::{quote_identifier(id_type)}[], $3::bigint[], $4::text[], "
+            "$5::bytea[])"
+        )
+        self._concurrent_insert_one_function_statement = (
+            f"SELECT {concurrent_function}($1::text, "
+            f"$2::{quote_identifier(id_type)}, $3::bigint, $4::text, $5::bytea)"
+        )
+        self._horizon_statement = concurrent.horizon_statement(datastore.schema)
+        self._notify_after_commit = partial(datastore.notify, self.channel_name)
+        #: The horizons computed by this table's reads (concurrent mode only).
+        self.horizon_counters: HorizonCounters | None = (
+            HorizonCounters(self.table) if self.concurrent_writes else None
+        )
+        # The notification id sequence, found as the mode is checked.
+        self._sequence: str | None = None
+        # Whether the table's mode has been checked against ours.
+        self.mode_checked = not notification_ids
+        # The greatest horizon computed: every id below it had ended then.
+        self._horizon_floor = 0
 
     def create_table_statements(self) -> list[str]:
         id_type = quote_identifier(self.datastore.originator_id_type)
@@ -153,7 +203,9 @@ class PostgresEventsDialect:
             ]
         return statements
 
-    def _create_insert_function_statements(self, id_type: str) -> list[str]:
+    def _create_insert_function_statements(
+        self, id_type: str, *, sequence: str | None = None
+    ) -> list[str]:
         """Saves go through one call of these functions each: lock, notify
         and insert in one round trip and one implicit transaction.
 
@@ -166,9 +218,30 @@ class PostgresEventsDialect:
         parallel arrays, unnested together in the order given (arrays of one
         cost a save more, on both sides). The first argument is the lock
         timeout ("5s"; NULL: the session's).
+
+        With the ``sequence`` of the notification ids, the functions of
+        concurrent write mode, ``asyncsourcing_insert_concurrent_<table>``,
+        whose lock is the protocol's shared advisory lock, and which do not
+        NOTIFY (the datastore does, after the commit).
         """
+        if sequence is None:
+            function = self._insert_function
+            # EXCLUSIVE blocks other writers, not readers, until commit: ids
+            # are issued and committed in order. NOTIFY is delivered at
+            # commit, to every LISTEN connection.
+            prelude = (
+                f"{self.lock_table_statement}; "
+                f"NOTIFY {quote_identifier(self.channel_name)}; "
+            )
+        else:
+            function = qualified(
+                self.datastore.schema, self.concurrent_insert_function_name
+            )
+            prelude = concurrent.writer_prelude(self.table_key, sequence)
         return [
             self._create_insert_function_statement(
+                function,
+                prelude,
                 f"text, {id_type}[], bigint[], text[], bytea[]",
                 "SETOF bigint",
                 "RETURN QUERY "
@@ -178,6 +251,8 @@ class PostgresEventsDialect:
             # A value, not a set: no set to materialise and scan, here or in
             # the query that calls it.
             self._create_insert_function_statement(
+                function,
+                prelude,
                 f"text, {id_type}, bigint, text, bytea",
                 "bigint",
                 f"INSERT INTO {self.table} {_INSERT_COLUMNS} "
@@ -187,7 +262,7 @@ class PostgresEventsDialect:
         ]
 
     def _create_insert_function_statement(
-        self, arguments: str, returns: str, insert: str
+        self, function: str, prelude: str, arguments: str, returns: str, insert: str
     ) -> str:
         body = (
             "DECLARE inserted bigint; "
@@ -197,16 +272,12 @@ class PostgresEventsDialect:
             "IF $1 IS NOT NULL THEN "
             "PERFORM set_config('lock_timeout', $1, true); "
             "END IF; "
-            # EXCLUSIVE blocks other writers, not readers, until commit: ids
-            # are issued and committed in order.
-            f"{self.lock_table_statement}; "
-            # Delivered at commit, to every LISTEN connection.
-            f"NOTIFY {quote_identifier(self.channel_name)}; "
+            f"{prelude}"
             f"{insert}"
             "END;"
         )
         return (
-            f"CREATE OR REPLACE FUNCTION {self._insert_function}({arguments}) "
+            f"CREATE OR REPLACE FUNCTION {function}({arguments}) "
             f"RETURNS {returns} LANGUAGE plpgsql AS {dollar_quote(body)}"
         )
 
@@ -316,6 +387,156 @@ class PostgresEventsDialect:
             )
         return not unsafe
 
+    # The write mode.
+
+    async def table_exists(self, conn: PostgresConnection) -> bool:
+        """Whether the table exists (asked before it is created)."""
+        exists: bool = await conn.fetchval(
+            "SELECT to_regclass($1) IS NOT NULL", self.table
+        )
+        return exists
+
+    async def set_up_write_mode(
+        self, conn: PostgresConnection, *, created: bool
+    ) -> None:
+        """Check the table's mode against the recorder's, as its tables are
+        created (in their transaction, after the create statements), and in
+        concurrent mode install the mode's functions and trigger, marking
+        the table if ``created`` (it did not exist before).
+
+        :raises EventsTableModeError: the table is in the other mode, or its
+            sequence does not fit the concurrent mode.
+        """
+        if not self.notification_ids:
+            return
+        marked = await self._is_marked(conn)
+        if not self.concurrent_writes:
+            if marked:
+                raise concurrent.table_lock_on_concurrent_table(self.table)
+            self.mode_checked = True
+            return
+        if not (created or marked):
+            raise concurrent.concurrent_on_table_lock_table(self.table)
+        sequence = await self._check_sequence(conn)
+        id_type = quote_identifier(self.datastore.originator_id_type)
+        statements = [
+            *self._create_insert_function_statements(id_type, sequence=sequence),
+            concurrent.create_horizon_function_statement(self.datastore.schema),
+        ]
+        create_guard_function, create_trigger = concurrent.create_guard_statements(
+            self.datastore.schema, self.table
+        )
+        statements.append(create_guard_function)
+        if not await self._is_guarded(conn):
+            statements.append(create_trigger)
+        if created:
+            statements.append(
+                f"COMMENT ON TABLE {self.table} IS "
+                f"{concurrent.sql_literal(concurrent.MARKER)}"
+            )
+        for statement in statements:
+            await conn.execute(statement)
+        self._sequence = sequence
+        self._horizon_floor = 0  # A new table may have a new sequence.
+        self.mode_checked = True
+
+    async def check_write_mode(self, conn: PostgresConnection) -> None:
+        """Check the table's mode against the recorder's, at first use of a
+        table that the recorder did not create (``CREATE_TABLE=false``).
+        Nothing is checked, nor remembered, while the table does not exist.
+
+        :raises EventsTableModeError: the table is in the other mode, or in
+            concurrent mode without the mode's functions or trigger.
+        """
+        if self.mode_checked or not await self.table_exists(conn):
+            return
+        marked = await self._is_marked(conn)
+        if not self.concurrent_writes:
+            if marked:
+                raise concurrent.table_lock_on_concurrent_table(self.table)
+            self.mode_checked = True
+            return
+        if not marked:
+            raise concurrent.concurrent_on_table_lock_table(self.table)
+        sequence = await self._check_sequence(conn)
+        functions: int = await conn.fetchval(
+            "SELECT count(DISTINCT p.proname) FROM pg_catalog.pg_proc p "
+            "JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = $1 AND p.proname = ANY($2::text[])",
+            self.datastore.schema,
+            [
+                self.concurrent_insert_function_name,
+                concurrent.HORIZON_FUNCTION_NAME,
+                concurrent.GUARD_FUNCTION_NAME,
+            ],
+        )
+        if functions < 3 or not await self._is_guarded(conn):
+            raise concurrent.missing_objects(self.table)
+        self._sequence = sequence
+        self.mode_checked = True
+
+    async def _is_marked(self, conn: PostgresConnection) -> bool:
+        comment: str | None = await conn.fetchval(
+            "SELECT obj_description(to_regclass($1), 'pg_class')", self.table
+        )
+        return comment is not None and comment.startswith(concurrent.MARKER)
+
+    async def _is_guarded(self, conn: PostgresConnection) -> bool:
+        guarded: bool = await conn.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger "
+            "WHERE tgrelid = to_regclass($1) AND tgname = $2)",
+            self.table,
+            concurrent.GUARD_TRIGGER_NAME,
+        )
+        return guarded
+
+    async def _check_sequence(self, conn: PostgresConnection) -> str:
+        """The notification id sequence, checked to give each writer ids
+        above the last value it read."""
+        row = await conn.fetchrow(
+            "SELECT q.seq, s.seqcache, s.seqincrement "
+            "FROM (SELECT pg_get_serial_sequence($1, 'notification_id') AS seq) q "
+            "LEFT JOIN pg_catalog.pg_sequence s ON s.seqrelid = q.seq::regclass",
+            self.table,
+        )
+        sequence: str | None = None if row is None else row[0]
+        if row is None or sequence is None:
+            msg = (
+                f"The events table {self.table} has no sequence for its "
+                "notification_id column (a bigserial column, as eventsourcing "
+                "makes it, is needed in concurrent write mode)"
+            )
+            raise concurrent.EventsTableModeError(msg)
+        cache, increment = row[1], row[2]
+        if cache != 1:
+            detail = f"caches {cache} values per session"
+            raise concurrent.unsuitable_sequence(self.table, sequence, detail)
+        if increment <= 0:
+            detail = f"has the increment {increment}"
+            raise concurrent.unsuitable_sequence(self.table, sequence, detail)
+        return sequence
+
+    async def _horizon(self, conn: PostgresConnection) -> int:
+        """The visibility horizon: ids below it may be read (see
+        :mod:`asyncsourcing.postgres.concurrent`), computed by a statement
+        of its own, before the read's, whose snapshot is then taken after it.
+        Never below one computed before by this recorder."""
+        row = await conn.fetchrow(
+            self._horizon_statement, self._sequence, self.table_key
+        )
+        assert row is not None  # A function's call returns one row.
+        horizon: int = row[0]
+        last_issued: int = row[1]
+        if last_issued + 1 < self._horizon_floor:
+            # The sequence went back (the table was made again): so does
+            # what is known about it.
+            self._horizon_floor = 0
+        horizon = max(horizon, self._horizon_floor)
+        self._horizon_floor = horizon
+        assert self.horizon_counters is not None
+        self.horizon_counters.read(horizon, last_issued)
+        return horizon
+
     # Inserting.
 
     def _insert_args(
@@ -336,6 +557,10 @@ class PostgresEventsDialect:
                 self._insert_statement, *self._insert_args(stored_events)
             )
             return []
+        if not self.mode_checked:
+            await self.check_write_mode(conn)
+        if self.concurrent_writes:
+            return await self._insert_concurrently(conn, stored_events)
         # The lock waits at most lock_timeout (0: forever), for this
         # transaction only, as eventsourcing's "SET LOCAL lock_timeout".
         await conn.execute(
@@ -350,6 +575,21 @@ class PostgresEventsDialect:
         )
         return [row[0] for row in rows]
 
+    async def _insert_concurrently(
+        self, conn: PostgresConnection, stored_events: Sequence[StoredEvent]
+    ) -> Sequence[int]:
+        """Insert in the transaction of ``conn`` in concurrent write mode, in
+        one call of the table's function; NOTIFY once it commits."""
+        timeout = self.datastore.lock_timeout
+        lock_timeout = f"{timeout}s" if timeout else None
+        rows = await conn.fetch(
+            self._concurrent_insert_function_statement,
+            lock_timeout,
+            *self._insert_args(stored_events),
+        )
+        self.datastore.call_after_commit(conn, self._notify_after_commit)
+        return [row[0] for row in rows]
+
     async def insert_alone(
         self, stored_events: Sequence[StoredEvent]
     ) -> Sequence[int] | None:
@@ -357,6 +597,10 @@ class PostgresEventsDialect:
             # One statement, which commits by itself.
             async with self.datastore.connection() as conn:
                 return await self.insert(conn, stored_events)
+        if not self.mode_checked:
+            await self.datastore.read(self.check_write_mode)
+        if self.concurrent_writes:
+            return await self._insert_alone_concurrently(stored_events)
         timeout = self.datastore.lock_timeout
         lock_timeout = f"{timeout}s" if timeout else None
         try:
@@ -386,6 +630,39 @@ class PostgresEventsDialect:
             self.inserts_alone = False
             return None
         return [row[0] for row in rows]
+
+    async def _insert_alone_concurrently(
+        self, stored_events: Sequence[StoredEvent]
+    ) -> Sequence[int]:
+        """One call of the table's concurrent insert function, which commits
+        by itself; then NOTIFY, from the datastore."""
+        timeout = self.datastore.lock_timeout
+        lock_timeout = f"{timeout}s" if timeout else None
+        if len(stored_events) == 1:
+            (e,) = stored_events
+            args: tuple[Any, ...] = (
+                lock_timeout,
+                self._originator_id(e.originator_id),
+                e.originator_version,
+                e.topic,
+                e.state,
+            )
+            notification_id: int = await self.datastore.write(
+                lambda conn: conn.fetchval(
+                    self._concurrent_insert_one_function_statement, *args
+                )
+            )
+            ids: Sequence[int] = [notification_id]
+        else:
+            args = (lock_timeout, *self._insert_args(stored_events))
+            rows = await self.datastore.write(
+                lambda conn: conn.fetch(
+                    self._concurrent_insert_function_statement, *args
+                )
+            )
+            ids = [row[0] for row in rows]
+        self._notify_after_commit()
+        return ids
 
     # Selecting.
 
@@ -432,7 +709,11 @@ class PostgresEventsDialect:
         topics: Sequence[str],
         inclusive_of_start: bool,
     ) -> Sequence[Notification]:
+        if not self.mode_checked:
+            await self.check_write_mode(conn)
         params: list[Any] = []
+        if self.concurrent_writes:
+            params.append(await self._horizon(conn))
         if start is not None:
             params.append(start)
         if stop is not None:
@@ -441,7 +722,11 @@ class PostgresEventsDialect:
             params.append(list(topics))
         params.append(limit)
         statement = self._select_notifications_statement(
-            start is not None, inclusive_of_start, stop is not None, bool(topics)
+            start is not None,
+            inclusive_of_start,
+            stop is not None,
+            bool(topics),
+            self.concurrent_writes,
         )
         rows = await conn.fetch(statement, *params)
         # The columns in the order of Notification's fields (originator_id,
@@ -455,11 +740,14 @@ class PostgresEventsDialect:
         inclusive_of_start: bool,
         has_stop: bool,
         has_topics: bool,
+        has_horizon: bool = False,
     ) -> str:
-        key = (has_start, inclusive_of_start, has_stop, has_topics)
+        key = (has_start, inclusive_of_start, has_stop, has_topics, has_horizon)
         statement = self._select_notifications_statements.get(key)
         if statement is None:
             conditions: list[str] = []
+            if has_horizon:
+                conditions.append("notification_id < $1")
             if has_start:
                 operator = ">=" if inclusive_of_start else ">"
                 conditions.append(f"notification_id {operator} ${len(conditions) + 1}")
@@ -487,6 +775,16 @@ class PostgresEventsDialect:
         return statement
 
     async def max_notification_id(self, conn: PostgresConnection) -> int | None:
+        """The largest notification id; in concurrent write mode, the
+        largest below the visibility horizon (one that readers may pass)."""
+        if not self.mode_checked:
+            await self.check_write_mode(conn)
+        if self.concurrent_writes:
+            horizon = await self._horizon(conn)
+            below: int | None = await conn.fetchval(
+                self._max_notification_id_below_statement, horizon
+            )
+            return below
         result: int | None = await conn.fetchval(self._max_notification_id_statement)
         return result
 

@@ -67,6 +67,7 @@ class PostgresFactory(InfrastructureFactory[PostgresTrackingRecorder]):
     POSTGRES_SSLMODE = "POSTGRES_SSLMODE"
     POSTGRES_POLL_INTERVAL = "POSTGRES_POLL_INTERVAL"
     POSTGRES_APPLICATION_NAME = "POSTGRES_APPLICATION_NAME"
+    POSTGRES_CONCURRENT_WRITES = "POSTGRES_CONCURRENT_WRITES"
     ORIGINATOR_ID_TYPE = "ORIGINATOR_ID_TYPE"
 
     def __init__(self, env: Environment | EnvType | None = None) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, cast
 
 from asyncsourcing.persistence import ApplicationRecorder, StoredEvent, Subscription
+from asyncsourcing.postgres.concurrent import STALL_POLL_INTERVAL
 from asyncsourcing.postgres.datastore import PostgresConnection, PostgresDatastore
 from asyncsourcing.postgres.dialect import (
     POSTGRES,
@@ -34,6 +35,7 @@ from asyncsourcing.sql.events import SQLAggregateRecorder, SQLApplicationRecorde
 from asyncsourcing.sql.process import SQLProcessRecorder
 from asyncsourcing.sql.recorder import SQLRecorder
 from asyncsourcing.sql.tracking import SQLTrackingRecorder
+from asyncsourcing.statistics import HorizonStatistics
 
 __all__ = [
     "PostgresAggregateRecorder",
@@ -111,11 +113,35 @@ class PostgresApplicationRecorder(
     transaction is one call of a function that locks, notifies and inserts
     (with the saves that arrive meanwhile); where the function is missing
     (tables made elsewhere), a transaction of a few statements.
+
+    With ``POSTGRES_CONCURRENT_WRITES=true`` (:attr:`concurrent_writes`),
+    saves take no table lock but a shared advisory lock, and readers pass
+    only the events below a visibility horizon, under which every writing
+    transaction has ended, in order of id: none is passed over, though a
+    transaction left open holds the readers back until it ends
+    (:meth:`horizon_statistics`). The table's mode is recorded on it and
+    checked once: a recorder in either mode refuses a table of the other
+    (:class:`~asyncsourcing.postgres.concurrent.EventsTableModeError`). See
+    :mod:`asyncsourcing.postgres.concurrent`.
     """
 
     async def _create_tables(self, conn: PostgresConnection) -> None:
+        existed = await self.events_dialect.table_exists(conn)
         await super()._create_tables(conn)
         await self.events_dialect.create_insert_events_function(conn)
+        await self.events_dialect.set_up_write_mode(conn, created=not existed)
+
+    @property
+    def concurrent_writes(self) -> bool:
+        """Whether the events table is written in concurrent write mode."""
+        return self.events_dialect.concurrent_writes
+
+    def horizon_statistics(self) -> HorizonStatistics | None:
+        """How far, and how long, reads have been held back by the visibility
+        horizon of concurrent write mode, as this recorder's reads found it;
+        None in table-lock mode. No IO."""
+        counters = self.events_dialect.horizon_counters
+        return None if counters is None else counters.snapshot()
 
     async def check_insert_events_function(self) -> bool:
         """Whether eventsourcing's insert function, if there is one, locks the table.
@@ -142,6 +168,7 @@ class PostgresApplicationRecorder(
         self, gt: int | None = None, topics: Sequence[str] = ()
     ) -> Subscription[ApplicationRecorder]:
         """Follow the application sequence after ``gt`` (no IO until used)."""
+        counters = self.events_dialect.horizon_counters
         return PostgresSubscription(
             self,
             gt=gt,
@@ -150,6 +177,8 @@ class PostgresApplicationRecorder(
             channel=self.events_dialect.channel_name,
             poll_interval=self.datastore.settings.poll_interval,
             on_listening=self.check_insert_events_function,
+            held_back=None if counters is None else lambda: counters.is_held_back,
+            held_back_poll_interval=STALL_POLL_INTERVAL,
         )
 
 

@@ -24,8 +24,9 @@ been idle that long (asyncpg has no maximum age); ``POSTGRES_PRE_PING``,
 ``POSTGRES_MAX_WAITING`` and ``POSTGRES_ENABLE_DB_FUNCTIONS`` are ignored;
 ``SINGLE_ROW_TRACKING`` may only be true. New: the URLs,
 ``POSTGRES_SSLMODE``, ``POSTGRES_POLL_INTERVAL`` (the safety-net poll,
-default 1 second) and ``POSTGRES_APPLICATION_NAME`` (default
-"asyncsourcing").
+default 1 second), ``POSTGRES_APPLICATION_NAME`` (default
+"asyncsourcing") and ``POSTGRES_CONCURRENT_WRITES`` (default false: see
+:mod:`asyncsourcing.postgres.concurrent`).
 """
 
 from __future__ import annotations
@@ -140,6 +141,11 @@ class PostgresSettings:
     create_tables: bool = True
     #: Shown in ``pg_stat_activity``; the LISTEN connection adds ``:listen``.
     application_name: str = "asyncsourcing"
+    #: Whether the events tables are written without the table lock, readers
+    #: keeping to a visibility horizon (see
+    #: :mod:`asyncsourcing.postgres.concurrent`); false: eventsourcing's
+    #: EXCLUSIVE table lock.
+    concurrent_writes: bool = False
 
     def __post_init__(self) -> None:
         problems: list[tuple[str, str]] = []
@@ -261,6 +267,7 @@ class PostgresSettings:
             reader.choice("ORIGINATOR_ID_TYPE", _ORIGINATOR_ID_TYPES) or "uuid"
         )
         create_tables = reader.boolean("CREATE_TABLE", default=True)
+        concurrent_writes = reader.boolean("POSTGRES_CONCURRENT_WRITES", default=False)
         application_name = (
             reader.get("POSTGRES_APPLICATION_NAME")
             or url.application_name
@@ -286,6 +293,7 @@ class PostgresSettings:
                 originator_id_type=originator_id_type,
                 create_tables=create_tables,
                 application_name=application_name,
+                concurrent_writes=concurrent_writes,
             )
         except _InvalidFieldsError as error:
             for field_name, reason in error.problems:

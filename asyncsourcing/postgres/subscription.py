@@ -42,6 +42,12 @@ class PostgresSubscription(Subscription[ApplicationRecorder]):
     that eventsourcing's insert function takes the table lock (see
     :meth:`PostgresApplicationRecorder.check_insert_events_function
     <asyncsourcing.postgres.PostgresApplicationRecorder.check_insert_events_function>`).
+
+    ``held_back``, when given (concurrent write mode), says whether the last
+    read stopped at a visibility horizon below the last id issued: the
+    subscription then reads again every ``held_back_poll_interval`` seconds
+    rather than every ``poll_interval``, since the transaction that holds
+    the horizon back may roll back, which notifies no one.
     """
 
     def __init__(
@@ -54,11 +60,15 @@ class PostgresSubscription(Subscription[ApplicationRecorder]):
         channel: str,
         poll_interval: float,
         on_listening: Callable[[], Awaitable[object]] | None = None,
+        held_back: Callable[[], bool] | None = None,
+        held_back_poll_interval: float = 0.05,
     ) -> None:
         super().__init__(recorder, gt=gt, topics=topics)
         self._listener = listener
         self._channel = channel
         self._poll_interval = poll_interval
+        self._held_back = held_back
+        self._held_back_poll_interval = min(held_back_poll_interval, poll_interval)
         self._on_listening = on_listening
         self._registration: ListenerRegistration | None = None
         self._read_ahead: asyncio.Task[Sequence[Notification]] | None = None
@@ -168,8 +178,13 @@ class PostgresSubscription(Subscription[ApplicationRecorder]):
         self._unregister()
 
     async def _wait_for_news(self) -> None:
+        interval = self._poll_interval
+        if self._held_back is not None and self._held_back():
+            # A poll, not a skip: what the horizon holds back is read once
+            # the transactions below it have ended.
+            interval = self._held_back_poll_interval
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._poll_interval):
+            async with asyncio.timeout(interval):
                 await self._has_been_notified.wait()
 
     def _on_notify(self, _: str) -> None:
