@@ -15,6 +15,12 @@ takes it first: one lock order, no deadlock) and reads the position under
 the lock; the final write is a compare-and-set against that position, so a
 batch that raced another one (when there was no row to lock yet) fails with
 :class:`IntegrityError` and rolls back instead of applying events twice.
+
+Positions kept in partitions (:class:`~asyncsourcing.persistence.PartitionTracking`)
+are held and written alike, each partition's apart from the application's
+and the other partitions': a batch opened for one partition locks that
+partition's row only, so that the partitions of an application are
+processed concurrently.
 """
 
 from __future__ import annotations
@@ -24,40 +30,57 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Generic, TypeVar
 
 from asyncsourcing.leases import Lease
-from asyncsourcing.persistence import IntegrityError, Tracking, TrackingBatch
+from asyncsourcing.persistence import (
+    IntegrityError,
+    PartitionTracking,
+    Tracking,
+    TrackingBatch,
+    describe_tracking,
+)
 
-__all__ = ["TrackingBatches"]
+__all__ = ["PositionOf", "TrackingBatches"]
 
 Conn = TypeVar("Conn")
 
+PositionOf = tuple[str, int | None]
+"""Whose position: an application's name, and a partition or None."""
+
+
+def _position_of(tracking: Tracking) -> PositionOf:
+    if isinstance(tracking, PartitionTracking):
+        return tracking.application_name, tracking.partition
+    return tracking.application_name, None
+
 
 class _Batch(TrackingBatch):
-    def __init__(self, application_name: str | None) -> None:
-        super().__init__(application_name)
-        self.started: dict[str, int | None] = {}  # Read when first needed.
-        self.latest: dict[str, int | None] = {}  # Recorded or pending.
-        self.pending: dict[str, int] = {}
+    def __init__(self, application_name: str | None, partition: int | None) -> None:
+        super().__init__(application_name, partition)
+        self.started: dict[PositionOf, int | None] = {}  # Read when first needed.
+        self.latest: dict[PositionOf, int | None] = {}  # Recorded or pending.
+        # The last tracking of each position: it says which row to write.
+        self.pending: dict[PositionOf, Tracking] = {}
 
 
 class TrackingBatches(Generic[Conn]):
     """The batch transactions open on a tracking recorder's connections.
 
-    ``lock(conn, application_name)`` locks the application's tracking row
-    (if it has one) and returns its position; ``read_max(conn,
-    application_name)`` reads the position without locking;
-    ``compare_and_set(conn, tracking, expected)`` moves the position from
-    ``expected`` to ``tracking.notification_id``, raising
-    :class:`IntegrityError` if it is not ``expected`` any more. All three run
-    in the transaction of ``conn``, as does ``check_fence(conn, lease)``,
-    which raises :class:`~asyncsourcing.leases.FencedError` if the lease
-    was taken over.
+    ``lock(conn, application_name, partition)`` locks the application's
+    tracking row (if it has one), or with a partition that partition's row,
+    and returns its position; ``read_max(conn, application_name,
+    partition)`` reads the position without locking; ``compare_and_set(conn,
+    tracking, expected)`` moves the position of ``tracking`` (its
+    application's, or its partition's) from ``expected`` to
+    ``tracking.notification_id``, raising :class:`IntegrityError` if it is
+    not ``expected`` any more. All three run in the transaction of ``conn``,
+    as does ``check_fence(conn, lease)``, which raises
+    :class:`~asyncsourcing.leases.FencedError` if the lease was taken over.
     """
 
     def __init__(
         self,
         *,
-        lock: Callable[[Conn, str], Awaitable[int | None]],
-        read_max: Callable[[Conn, str], Awaitable[int | None]],
+        lock: Callable[[Conn, str, int | None], Awaitable[int | None]],
+        read_max: Callable[[Conn, str, int | None], Awaitable[int | None]],
         compare_and_set: Callable[[Conn, Tracking, int | None], Awaitable[None]],
         check_fence: Callable[[Conn, Lease], Awaitable[None]],
     ) -> None:
@@ -73,28 +96,31 @@ class TrackingBatches(Generic[Conn]):
         transaction: AbstractAsyncContextManager[Conn],
         application_name: str | None = None,
         fence: Lease | None = None,
+        partition: int | None = None,
     ) -> AsyncIterator[TrackingBatch]:
         """``transaction``, in which tracking is written once, before it commits.
 
-        With ``application_name``, that application's tracking row is locked
-        first, and its position is the batch's :attr:`~TrackingBatch.position`;
-        with ``fence``, the lease is checked next.
+        With ``application_name``, the lease of ``fence`` (if given) is
+        checked first, then that application's tracking row is locked (with
+        ``partition``, that partition's row), and its position is the
+        batch's :attr:`~TrackingBatch.position`.
         """
+        if partition is not None and application_name is None:
+            msg = "A batch of a partition needs the partition's application name"
+            raise ValueError(msg)
         async with transaction as conn:
-            batch = _Batch(application_name)
+            batch = _Batch(application_name, partition)
             if fence is not None:
                 await self._check_fence(conn, fence)
             if application_name is not None:
-                batch.position = await self._lock(conn, application_name)
-                batch.started[application_name] = batch.position
-                batch.latest[application_name] = batch.position
+                whose = (application_name, partition)
+                batch.position = await self._lock(conn, *whose)
+                batch.started[whose] = batch.latest[whose] = batch.position
             self._open[conn] = batch
             try:
                 yield batch
-                for name, position in batch.pending.items():
-                    await self._compare_and_set(
-                        conn, Tracking(name, position), batch.started[name]
-                    )
+                for whose, tracking in batch.pending.items():
+                    await self._compare_and_set(conn, tracking, batch.started[whose])
             finally:
                 del self._open[conn]
 
@@ -107,15 +133,18 @@ class TrackingBatches(Generic[Conn]):
         batch = self._open.get(conn)
         if batch is None:
             return False
-        name = tracking.application_name
-        if name not in batch.latest:
-            batch.started[name] = batch.latest[name] = await self._read_max(conn, name)
-        latest = batch.latest[name]
+        whose = _position_of(tracking)
+        if whose not in batch.latest:
+            position = await self._read_max(conn, *whose)
+            batch.started[whose] = batch.latest[whose] = position
+        latest = batch.latest[whose]
         if latest is not None and tracking.notification_id <= latest:
             msg = (
                 f"Tracking notification ID {tracking.notification_id} not greater "
-                f"than current max tracking ID {latest} for application '{name}'"
+                f"than current max tracking ID {latest} for "
+                f"{describe_tracking(tracking)}"
             )
             raise IntegrityError(msg)
-        batch.latest[name] = batch.pending[name] = tracking.notification_id
+        batch.latest[whose] = tracking.notification_id
+        batch.pending[whose] = tracking
         return True

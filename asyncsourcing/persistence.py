@@ -12,8 +12,9 @@ in modules of their own and importable from here.
 from __future__ import annotations
 
 import asyncio
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,6 +41,12 @@ from eventsourcing.persistence import (
 )
 
 from asyncsourcing.factory import InfrastructureFactory
+from asyncsourcing.partitions import (
+    describe_position,
+    partition_key,
+    partition_of,
+    split_partition_key,
+)
 from asyncsourcing.subscription import Subscription
 from asyncsourcing.waiting import PositionBoard
 
@@ -62,6 +69,7 @@ __all__ = [
     "Notification",
     "OperationalError",
     "ParkedEvent",
+    "PartitionTracking",
     "PersistenceError",
     "ProcessRecorder",
     "ProgrammingError",
@@ -73,7 +81,10 @@ __all__ = [
     "TrackingBatch",
     "TrackingRecorder",
     "WaitInterruptedError",
+    "describe_tracking",
     "parked_table_name",
+    "partition_table_name",
+    "position_key",
 ]
 
 
@@ -166,17 +177,62 @@ class ParkedEvent:
     parked_at: datetime
 
 
+@dataclass(frozen=True)
+class PartitionTracking(Tracking):
+    """The position of a processed event in one partition of a projection.
+
+    Every event of ``partition`` (see
+    :func:`~asyncsourcing.partitions.partition_of`) whose notification id is
+    at most ``notification_id`` has been processed: the position may be
+    that of an event of another partition, up to which the partition's
+    worker has read. Views record it as they record a :class:`Tracking`.
+    """
+
+    partition: int
+
+
+def position_key(tracking: Tracking) -> str:
+    """The key of ``tracking``'s position on a
+    :class:`~asyncsourcing.waiting.PositionBoard`: its application's name,
+    or for a :class:`PartitionTracking` a
+    :func:`~asyncsourcing.partitions.partition_key`."""
+    if isinstance(tracking, PartitionTracking):
+        return partition_key(tracking.application_name, tracking.partition)
+    return tracking.application_name
+
+
+def describe_tracking(tracking: Tracking) -> str:
+    """``application 'name'``, or ``partition 3 of application 'name'``."""
+    partition = tracking.partition if isinstance(tracking, PartitionTracking) else None
+    return describe_position(tracking.application_name, partition)
+
+
+def _beside(tracking_table_name: str, suffix: str) -> str:
+    # "x_tracking" gives "x_<suffix>", "tracking" gives "<suffix>", and
+    # another name gets "_<suffix>" appended.
+    if tracking_table_name == "tracking":
+        return suffix
+    if tracking_table_name.endswith("_tracking"):
+        return tracking_table_name.removesuffix("_tracking") + "_" + suffix
+    return tracking_table_name + "_" + suffix
+
+
 def parked_table_name(tracking_table_name: str) -> str:
     """The dead-letter table beside ``tracking_table_name``.
 
     ``x_tracking`` gives ``x_parked``, ``tracking`` gives ``parked``, and
     another name gets ``_parked`` appended.
     """
-    if tracking_table_name == "tracking":
-        return "parked"
-    if tracking_table_name.endswith("_tracking"):
-        return tracking_table_name.removesuffix("_tracking") + "_parked"
-    return tracking_table_name + "_parked"
+    return _beside(tracking_table_name, "parked")
+
+
+def partition_table_name(tracking_table_name: str) -> str:
+    """The table of partition positions beside ``tracking_table_name``.
+
+    ``x_tracking`` gives ``x_partitions``, ``tracking`` gives
+    ``partitions``, and another name gets ``_partitions`` appended.
+    """
+    return _beside(tracking_table_name, "partitions")
 
 
 class TrackingBatch:
@@ -186,11 +242,15 @@ class TrackingBatch:
     when the batch began, read under a lock of its tracking row that the
     batch holds until it ends: events up to it were processed by another
     runner and must not be processed again. None when no application was
-    named, or nothing is recorded for it yet.
+    named, or nothing is recorded for it yet. With :attr:`partition`, the
+    position and the lock are those of that partition of the application.
     """
 
-    def __init__(self, application_name: str | None) -> None:
+    def __init__(
+        self, application_name: str | None, partition: int | None = None
+    ) -> None:
         self.application_name = application_name
+        self.partition = partition
         self.position: int | None = None
 
 
@@ -199,6 +259,13 @@ class TrackingRecorder(Recorder, ABC):
 
     :meth:`wait` is event-driven: backends feed the recorder's
     :class:`~asyncsourcing.waiting.PositionBoard` when tracking is committed.
+
+    A partitioned projection (see :mod:`asyncsourcing.partitions`) records
+    a position per partition: its runner claims the partitions
+    (:meth:`claim_partitions`), and its views record
+    :class:`PartitionTracking` as they record :class:`Tracking`. The
+    application's position (:meth:`max_tracking_id`) is then the least of
+    the partitions' positions.
     """
 
     _position_board: PositionBoard | None = None
@@ -213,7 +280,11 @@ class TrackingRecorder(Recorder, ABC):
 
     @abstractmethod
     async def max_tracking_id(self, application_name: str) -> int | None:
-        """The largest recorded position for ``application_name``, or None."""
+        """The largest recorded position for ``application_name``, or None.
+
+        For an application whose positions are kept in partitions, the least
+        of theirs: None until each partition has one.
+        """
 
     async def has_tracking_id(
         self, application_name: str, notification_id: int | None
@@ -230,6 +301,8 @@ class TrackingRecorder(Recorder, ABC):
         notification_id: int | None,
         timeout: float = 1.0,
         interrupt: asyncio.Event | None = None,
+        *,
+        originator_id: UUID | str | None = None,
     ) -> None:
         """Return once ``notification_id`` has been recorded for ``application_name``.
 
@@ -237,11 +310,27 @@ class TrackingRecorder(Recorder, ABC):
         :class:`TimeoutError` after ``timeout`` seconds, and
         :class:`WaitInterruptedError` when ``interrupt`` is set first.
         Concurrent waiters share their database reads.
+
+        Where the application's positions are kept in partitions, it waits
+        for every partition to reach ``notification_id``; with
+        ``originator_id``, only for the partition of that aggregate's events
+        (which have then been processed up to ``notification_id``). Without
+        partitions, ``originator_id`` changes nothing.
         """
         if notification_id is None:
             return
         board = self.position_board
-        await board.wait(application_name, notification_id, timeout, interrupt)
+        key = application_name
+        if originator_id is not None:
+            started = time.monotonic()
+            # Known once read (the number is fixed): the first waiters of an
+            # application share one read, later ones none.
+            partitions = await board.partitions(application_name)
+            if partitions is not None:
+                partition = partition_of(originator_id, partitions)
+                key = partition_key(application_name, partition)
+            timeout = max(0.0, timeout - (time.monotonic() - started))
+        await board.wait(key, notification_id, timeout, interrupt)
 
     @property
     def position_board(self) -> PositionBoard:
@@ -252,7 +341,65 @@ class TrackingRecorder(Recorder, ABC):
 
     def _construct_position_board(self) -> PositionBoard:
         """Backends override this to share a board or to listen across processes."""
-        return PositionBoard(self.max_tracking_id)
+        return PositionBoard(self._fetch_position)
+
+    async def _fetch_position(self, key: str) -> int | None:
+        """What the position board reads for ``key``: an application's
+        position (:meth:`max_tracking_id`), or a partition's
+        (:func:`~asyncsourcing.partitions.partition_key`)."""
+        split = split_partition_key(key)
+        if split is None:
+            return await self.max_tracking_id(key)
+        application_name, partition = split
+        positions = await self.partition_positions(application_name)
+        return positions.get(partition)
+
+    def _partitions_read(
+        self, application_name: str, positions: Mapping[int, int | None]
+    ) -> None:
+        """Tell the position board, if there is one, the positions just read
+        of the partitions of ``application_name`` (and so their number):
+        backends call it when they read them."""
+        if positions and self._position_board is not None:
+            self._position_board.advance_partitions(application_name, positions)
+
+    # Partitions.
+
+    async def claim_partitions(self, application_name: str, partitions: int) -> None:
+        """Keep the positions of ``application_name`` in ``partitions`` partitions.
+
+        Idempotent, and safe when runners in several processes claim at
+        once. Raises :class:`~asyncsourcing.partitions.PartitionError` if
+        they are kept in another number of partitions, or were recorded
+        without partitions: a new number needs a new version of the
+        projection.
+        """
+        msg = f"{type(self).__qualname__} cannot keep positions in partitions"
+        raise NotImplementedError(msg)
+
+    async def partition_positions(self, application_name: str) -> dict[int, int | None]:
+        """The position of each partition of ``application_name`` (None where
+        a partition has none yet); empty where it has no partitions."""
+        return {}
+
+    async def record_partition_marks(
+        self,
+        application_name: str,
+        marks: Mapping[int, int],
+        fences: Sequence[Lease] = (),
+    ) -> None:
+        """Move each partition of ``application_name`` in ``marks`` forward to
+        its mark, if it is behind, in one transaction.
+
+        What a runner records for partitions whose workers had nothing to
+        process up to the mark: each has then been read up to it. With
+        ``fences``, the transaction raises
+        :class:`~asyncsourcing.leases.FencedError`, writing nothing, unless
+        each of those leases still holds. Waiters are woken once it commits.
+        Call it outside batch transactions.
+        """
+        msg = f"{type(self).__qualname__} cannot keep positions in partitions"
+        raise NotImplementedError(msg)
 
     async def park(
         self, tracking: Tracking, topic: str, state: bytes, error: str
@@ -274,7 +421,10 @@ class TrackingRecorder(Recorder, ABC):
         raise NotImplementedError(msg)
 
     def batch_transaction(
-        self, application_name: str | None = None, fence: Lease | None = None
+        self,
+        application_name: str | None = None,
+        fence: Lease | None = None,
+        partition: int | None = None,
     ) -> AbstractAsyncContextManager[TrackingBatch] | None:
         """A transaction that the recorder's own transactions join, or None.
 
@@ -282,8 +432,9 @@ class TrackingRecorder(Recorder, ABC):
         that a batch of them commits together (the view's methods need no
         change) with its last position written once. With
         ``application_name``, that application's tracking row is locked
-        first and its recorded position read: see :class:`TrackingBatch`.
-        With ``fence``, the transaction raises
+        first and its recorded position read: see :class:`TrackingBatch`;
+        with ``partition`` too, that partition's row instead (partitions are
+        processed concurrently). With ``fence``, the transaction raises
         :class:`~asyncsourcing.leases.FencedError` unless that lease still
         holds. None (the default) means the backend does not batch.
         """

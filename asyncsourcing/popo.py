@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from eventsourcing.utils import reversed_keys
 
+from asyncsourcing.partitions import (
+    check_partitions,
+    least_position,
+    mismatch_error,
+    unclaimed_error,
+    unpartitioned_error,
+)
 from asyncsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
@@ -23,12 +30,18 @@ from asyncsourcing.persistence import (
     IntegrityError,
     Notification,
     ParkedEvent,
+    PartitionTracking,
     ProcessRecorder,
     StoredEvent,
     Subscription,
     Tracking,
     TrackingRecorder,
+    describe_tracking,
+    position_key,
 )
+
+if TYPE_CHECKING:
+    from asyncsourcing.leases import Lease
 
 __all__ = [
     "POPOAggregateRecorder",
@@ -198,11 +211,19 @@ class POPOTrackingRecorder(POPORecorder, TrackingRecorder):
 
     (``_database_lock``, ``_assert_tracking_uniqueness`` and
     ``_insert_tracking``, eventsourcing's names, stay as aliases.)
+
+    The positions of a partitioned projection are kept per partition
+    (:meth:`claim_partitions`); the view records :class:`PartitionTracking`
+    as it records :class:`Tracking`.
     """
+
+    _IN_MEMORY = "in memory"  # Where the positions are, for messages.
 
     def __init__(self) -> None:
         super().__init__()
         self._max_tracking_ids: dict[str, int] = {}
+        # The position of each partition of the applications that have them.
+        self._partition_positions: dict[str, dict[int, int | None]] = {}
         self._parked: list[ParkedEvent] = []
 
     def assert_tracking_uniqueness(self, tracking: Tracking) -> None:
@@ -221,18 +242,35 @@ class POPOTrackingRecorder(POPORecorder, TrackingRecorder):
     # views written for eventsourcing may, changes both.
 
     def _assert_tracking_uniqueness(self, tracking: Tracking) -> None:
-        max_tracking_id = self._max_tracking_ids.get(tracking.application_name)
+        max_tracking_id = self._recorded(tracking)
         if max_tracking_id is not None and max_tracking_id >= tracking.notification_id:
             msg = (
                 f"Tracking notification ID {tracking.notification_id} "
                 f"not greater than current max tracking ID {max_tracking_id} "
-                f"for application '{tracking.application_name}'"
+                f"for {describe_tracking(tracking)}"
             )
             raise IntegrityError(msg)
 
     def _insert_tracking(self, tracking: Tracking) -> None:
-        self._max_tracking_ids[tracking.application_name] = tracking.notification_id
-        self.position_board.advance(tracking.application_name, tracking.notification_id)
+        if isinstance(tracking, PartitionTracking):
+            self._partition_positions[tracking.application_name][tracking.partition] = (
+                tracking.notification_id
+            )
+        else:
+            self._max_tracking_ids[tracking.application_name] = tracking.notification_id
+        self.position_board.advance(position_key(tracking), tracking.notification_id)
+
+    def _recorded(self, tracking: Tracking) -> int | None:
+        """The recorded position of ``tracking``'s application, or partition
+        (raising :class:`~asyncsourcing.partitions.PartitionError` if it was
+        never claimed)."""
+        name = tracking.application_name
+        if not isinstance(tracking, PartitionTracking):
+            return self._max_tracking_ids.get(name)
+        positions = self._partition_positions.get(name, {})
+        if tracking.partition not in positions:
+            raise unclaimed_error(self._IN_MEMORY, name, tracking.partition)
+        return positions[tracking.partition]
 
     async def insert_tracking(self, tracking: Tracking) -> None:
         async with self.database_lock:
@@ -240,7 +278,49 @@ class POPOTrackingRecorder(POPORecorder, TrackingRecorder):
             self.record_tracking(tracking)
 
     async def max_tracking_id(self, application_name: str) -> int | None:
+        positions = self._partition_positions.get(application_name)
+        if positions is not None:
+            return least_position(positions)
         return self._max_tracking_ids.get(application_name)
+
+    async def claim_partitions(self, application_name: str, partitions: int) -> None:
+        check_partitions(partitions)
+        async with self.database_lock:
+            position = self._max_tracking_ids.get(application_name)
+            if position is not None:
+                raise unpartitioned_error(self._IN_MEMORY, application_name, position)
+            positions = self._partition_positions.setdefault(
+                application_name, dict.fromkeys(range(partitions))
+            )
+            if len(positions) != partitions:
+                raise mismatch_error(
+                    self._IN_MEMORY, application_name, len(positions), partitions
+                )
+            self.position_board.advance_partitions(application_name, positions)
+
+    async def partition_positions(self, application_name: str) -> dict[int, int | None]:
+        return dict(self._partition_positions.get(application_name, {}))
+
+    async def record_partition_marks(
+        self,
+        application_name: str,
+        marks: Mapping[int, int],
+        fences: Sequence[Lease] = (),
+    ) -> None:
+        """As :meth:`TrackingRecorder.record_partition_marks
+        <asyncsourcing.persistence.TrackingRecorder.record_partition_marks>`;
+        ``fences`` are not checked: runners in memory share no leases."""
+        async with self.database_lock:
+            trackings = [
+                PartitionTracking(application_name, mark, partition)
+                for partition, mark in marks.items()
+            ]
+            for tracking in trackings:
+                self._recorded(tracking)  # Each claimed, before any is moved.
+            for tracking in trackings:
+                recorded = self._recorded(tracking)
+                if recorded is None or recorded < tracking.notification_id:
+                    self._insert_tracking(tracking)
 
     async def park(
         self, tracking: Tracking, topic: str, state: bytes, error: str

@@ -7,6 +7,13 @@ position to be reached. Backends feed it with :meth:`PositionBoard.advance`
 waiter wakes the moment its position is recorded. Database reads are shared:
 however many tasks wait, the board runs at most one query per application
 name at a time.
+
+Positions kept in partitions (:mod:`asyncsourcing.partitions`) are on the
+same board: each partition's under its
+:func:`~asyncsourcing.partitions.partition_key`, and the application's,
+under its name, is the least of them, which the board works out as the
+partitions advance once it knows how many there are
+(:meth:`PositionBoard.advance_partitions`).
 """
 
 from __future__ import annotations
@@ -16,10 +23,17 @@ import contextlib
 import heapq
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NamedTuple
 
 from eventsourcing.persistence import WaitInterruptedError
+
+from asyncsourcing.partitions import (
+    PARTITION_SEPARATOR,
+    describe_position,
+    partition_key,
+    split_partition_key,
+)
 
 __all__ = ["PositionBoard"]
 
@@ -39,9 +53,13 @@ class _Waiter(NamedTuple):
 class PositionBoard:
     """Known tracking positions of one tracking table, and their waiters.
 
-    ``fetch_max(application_name)`` reads the recorded maximum from the
-    database. ``before_fetch()``, when given, is awaited before the first read
-    so that a backend can start listening for announcements before it reads
+    Positions are kept under keys: an application's name, or a partition's
+    :func:`~asyncsourcing.partitions.partition_key`. ``fetch_max(key)``
+    reads the recorded position from the database (for an application with
+    partitions, the least of theirs; the recorder then also tells the board
+    theirs, with :meth:`advance_partitions`). ``before_fetch()``, when
+    given, is awaited before the first read so that a backend can start
+    listening for announcements before it reads
     (otherwise a commit between the read and the listen would be missed).
     ``poll_interval`` (seconds), when given, re-reads the positions that
     tasks are waiting for at that interval: a safety net for announcements
@@ -59,6 +77,8 @@ class PositionBoard:
         self._before_fetch = before_fetch
         self._poll_interval = poll_interval
         self._known: dict[str, int] = {}
+        # The number of partitions of each application known to have them.
+        self._partitions: dict[str, int] = {}
         self._fetched: set[str] = set()
         self._waiters: dict[str, list[_Waiter]] = {}
         self._fetches: dict[str, asyncio.Task[None]] = {}
@@ -72,18 +92,83 @@ class PositionBoard:
         return self._known.get(application_name)
 
     def advance(self, application_name: str, position: int | None) -> None:
-        """Record that ``position`` has been committed, waking its waiters."""
+        """Record that ``position`` has been committed, waking its waiters.
+
+        ``application_name`` may be a partition's key: the application's
+        position then follows, if the board knows the number of partitions.
+        """
         if position is None:
             return
-        if position > self._known.get(application_name, -1):
-            self._known[application_name] = position
-        heap = self._waiters.get(application_name)
+        previous = self._record(application_name, position)
+        if PARTITION_SEPARATOR in application_name:
+            self._partition_advanced(application_name, previous)
+
+    def advance_partitions(
+        self, application_name: str, positions: Mapping[int, int | None]
+    ) -> None:
+        """Record the positions of all the partitions of ``application_name``,
+        as read (None: a partition has none yet), and so their number; the
+        application's position, the least of theirs, follows."""
+        self._partitions[application_name] = len(positions)
+        for partition, position in positions.items():
+            if position is not None:
+                self._record(partition_key(application_name, partition), position)
+        self._advance_least(application_name)
+
+    async def partitions(self, application_name: str) -> int | None:
+        """The number of partitions of ``application_name``, or None if it
+        has none (as far as is recorded).
+
+        Read when not known (a read shared with those waiting for the
+        application), unless the application has a position without.
+        """
+        count = self._partitions.get(application_name)
+        if count is not None or application_name in self._known:
+            return count
+        # The read of the application's position tells the board the number.
+        self._start_fetch(application_name)
+        fetch = self._fetches.get(application_name)
+        if fetch is not None:
+            await asyncio.shield(fetch)
+        return self._partitions.get(application_name)
+
+    def _record(self, key: str, position: int) -> int | None:
+        """Record ``position`` of ``key`` and wake its waiters; the position
+        known before."""
+        previous = self._known.get(key)
+        if previous is None or position > previous:
+            self._known[key] = position
+        heap = self._waiters.get(key)
         while heap and heap[0].position <= position:
             waiter = heapq.heappop(heap)
             if waiter.future.done():
                 self._dead = max(0, self._dead - 1)
             else:
                 waiter.future.set_result(None)
+        return previous
+
+    def _partition_advanced(self, key: str, previous: int | None) -> None:
+        application_name = key.rpartition(PARTITION_SEPARATOR)[0]
+        if application_name not in self._partitions:
+            # The partitions were claimed since the application was read (by
+            # another process, maybe): read it again for those waiting for
+            # it, which also tells the board their number.
+            if self._has_live_waiters_for(application_name):
+                self._start_fetch(application_name)
+            return
+        least = self._known.get(application_name)
+        if least is not None and previous is not None and previous > least:
+            return  # Another partition is behind: the least is unchanged.
+        self._advance_least(application_name)
+
+    def _advance_least(self, application_name: str) -> None:
+        count = self._partitions[application_name]
+        positions = [
+            self._known.get(partition_key(application_name, partition))
+            for partition in range(count)
+        ]
+        if positions and None not in positions:
+            self._record(application_name, min(p for p in positions if p is not None))
 
     def refresh(self) -> None:
         """Re-read every position that tasks are waiting for.
@@ -99,6 +184,7 @@ class PositionBoard:
         """Drop what the board knows, so the next waiters read it again."""
         self._known.clear()
         self._fetched.clear()
+        self._partitions.clear()
 
     async def wait(
         self,
@@ -107,7 +193,8 @@ class PositionBoard:
         timeout: float,
         interrupt: asyncio.Event | None = None,
     ) -> None:
-        """Return once ``position`` is recorded for ``application_name``.
+        """Return once ``position`` is recorded for ``application_name`` (or
+        for a partition: its key).
 
         Raises the builtin :class:`TimeoutError` after ``timeout`` seconds,
         and :class:`WaitInterruptedError` when ``interrupt`` is set first.
@@ -131,9 +218,15 @@ class PositionBoard:
                 else:
                     await self._wait_or_interrupt(waiter.future, interrupt)
         except TimeoutError:
+            split = split_partition_key(application_name)
+            whose = (
+                describe_position(application_name, None)
+                if split is None
+                else describe_position(*split)
+            )
             msg = (
                 f"Timed out waiting for notification {position} "
-                f"from application '{application_name}' to be processed"
+                f"from {whose} to be processed"
             )
             raise TimeoutError(msg) from None
         finally:
@@ -189,6 +282,9 @@ class PositionBoard:
 
     def _has_live_waiters(self) -> bool:
         return any(not w.future.done() for heap in self._waiters.values() for w in heap)
+
+    def _has_live_waiters_for(self, key: str) -> bool:
+        return any(not w.future.done() for w in self._waiters.get(key, ()))
 
     def _count_waiters(self) -> int:
         return sum(len(heap) for heap in self._waiters.values())

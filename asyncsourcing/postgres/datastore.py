@@ -32,6 +32,7 @@ import asyncpg
 from eventsourcing.persistence import InterfaceError, OperationalError
 from eventsourcing.utils import Environment
 
+from asyncsourcing.partitions import partition_key
 from asyncsourcing.postgres.concurrent import ChannelNotifier
 from asyncsourcing.postgres.connections import (
     PostgresConnection,
@@ -306,10 +307,11 @@ class PostgresDatastore(Resource):
         Waiters are woken by this process's commits (see
         :meth:`advance_position_board`) and by the notifications on the
         table's channel (:func:`tracking_channel_name`), whose payload names
-        the schema, table, application and position: no query is needed to
-        wake them. Before its first read the board makes sure the channel is
-        listened to. The listener's poll ticks re-read what tasks wait for,
-        as a safety net.
+        the schema, table, application and position (and the partition, for
+        the positions of a partitioned projection, kept beside the table):
+        no query is needed to wake them. Before its first read the board
+        makes sure the channel is listened to. The listener's poll ticks
+        re-read what tasks wait for, as a safety net.
         """
         board = self._boards.get(tracking_table)
         if board is None:
@@ -346,8 +348,11 @@ class PostgresDatastore(Resource):
             message = json.loads(payload)
             schema = message["schema"]
             table = message["table"]
-            application_name = message["application_name"]
+            key = message["application_name"]
             position = int(message["notification_id"])
+            partition = message.get("partition")
+            if partition is not None:
+                key = partition_key(key, int(partition))
         except (ValueError, KeyError, TypeError):
             logger.warning("Unexpected tracking notification payload: %r", payload)
             board.refresh()
@@ -355,7 +360,7 @@ class PostgresDatastore(Resource):
         # The channel is named after the table only: another schema's table
         # of the same name announces on it too.
         if schema == self.schema and table == tracking_table_name:
-            board.advance(application_name, position)
+            board.advance(key, position)
 
     # Closing.
 

@@ -1,5 +1,6 @@
 """PostgreSQL's SQL of a tracking table, eventsourcing 9.5's single-row layout,
-and of the dead-letter table beside it.
+and of the dead-letter table beside it (that of the partition positions
+beside it is in :mod:`asyncsourcing.postgres.partitions`).
 
 Each recorded position is also announced on a channel named after the
 tracking table (eventsourcing ignores it), whose payload names the schema,
@@ -19,6 +20,7 @@ from asyncsourcing.postgres.dialect import TABLE_OPTIONS, truncate_identifier
 from asyncsourcing.postgres.errors import translate_errors
 from asyncsourcing.postgres.identifiers import qualified, quote_identifier
 from asyncsourcing.postgres.leases import PostgresLeases
+from asyncsourcing.postgres.partitions import PostgresPartitionDialect
 from asyncsourcing.postgres.versions import PostgresVersions
 
 if TYPE_CHECKING:
@@ -60,6 +62,7 @@ class PostgresTrackingDialect:
         )
         self._leases: PostgresLeases | None = None
         self._versions: PostgresVersions | None = None
+        self._partitions: PostgresPartitionDialect | None = None
 
     def _upsert_statement(self, condition: str) -> str:
         """Inserts or moves the row forward where ``condition`` holds, or
@@ -194,6 +197,12 @@ class PostgresTrackingDialect:
             application_name,
         )
         return [ParkedEvent(r[0], r[1], r[2], bytes(r[3]), r[4], r[5]) for r in rows]
+
+    @property
+    def partitions(self) -> PostgresPartitionDialect:
+        if self._partitions is None:
+            self._partitions = PostgresPartitionDialect(self.datastore, self.table_name)
+        return self._partitions
 
     @property
     def leases(self) -> PostgresLeases:

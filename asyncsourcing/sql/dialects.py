@@ -10,8 +10,8 @@ takes a connection of its own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
 from uuid import UUID
 
 if TYPE_CHECKING:
@@ -19,12 +19,19 @@ if TYPE_CHECKING:
     from asyncsourcing.persistence import (
         Notification,
         ParkedEvent,
+        PartitionTracking,
         StoredEvent,
         Tracking,
     )
     from asyncsourcing.versions import Versions
 
-__all__ = ["Dialect", "EventsDialect", "TrackingDialect"]
+__all__ = [
+    "Dialect",
+    "EventsDialect",
+    "PartitionDialect",
+    "PartitionRow",
+    "TrackingDialect",
+]
 
 Conn_contra = TypeVar("Conn_contra", contravariant=True)
 
@@ -183,6 +190,12 @@ class TrackingDialect(Protocol[Conn_contra]):
         ...
 
     @property
+    def partitions(self) -> PartitionDialect[Conn_contra]:
+        """The SQL of the table of partition positions beside the tracking
+        table (made on first use)."""
+        ...
+
+    @property
     def leases(self) -> Leases:
         """The leases of the projections whose views are in this database."""
         ...
@@ -200,4 +213,91 @@ class TrackingDialect(Protocol[Conn_contra]):
     async def check_fence(self, conn: Conn_contra, lease: Lease) -> None:
         """Raise :class:`~asyncsourcing.leases.FencedError` unless ``lease``
         still holds, in the transaction of ``conn``."""
+        ...
+
+
+class PartitionRow(NamedTuple):
+    """A row of a table of partition positions (for one application)."""
+
+    partition: int
+    partitions: int
+    """The number of partitions of the application, the same in each row."""
+    notification_id: int | None
+
+
+class PartitionDialect(Protocol[Conn_contra]):
+    """The SQL of the partition positions beside a tracking table.
+
+    One row per partition of an application, made by :meth:`claim`, whose
+    position only moves forward: :meth:`insert`, :meth:`compare_and_set` and
+    :meth:`advance` change nothing where it is not behind (and nothing
+    where there is no row). Each position written is announced where the
+    backend announces positions to other processes, as those of the
+    tracking table are. The table is made only by :meth:`create_table`, so
+    that eventsourcing's tables stay as they are.
+    """
+
+    table_name: str
+    """The table's name, as :func:`~asyncsourcing.persistence.partition_table_name`
+    gives it."""
+
+    table: str
+    """The table's name as SQL writes it (quoted, qualified)."""
+
+    async def create_table(self, conn: Conn_contra) -> None:
+        """Make the table unless it exists."""
+        ...
+
+    async def read_tracking(
+        self, conn: Conn_contra, application_name: str
+    ) -> tuple[int | None, bool]:
+        """The position of ``application_name`` in the tracking table (None:
+        none), and whether the table of partition positions exists, in one
+        query."""
+        ...
+
+    async def claim(
+        self, conn: Conn_contra, application_name: str, partitions: int
+    ) -> list[PartitionRow]:
+        """Insert the rows of partitions 0 to ``partitions - 1`` of
+        ``application_name`` that do not exist; then the rows of the
+        application, in order of partition (those of others included, when
+        another number was claimed before)."""
+        ...
+
+    async def select(
+        self, conn: Conn_contra, application_name: str
+    ) -> list[PartitionRow]:
+        """The rows of ``application_name``, in order of partition."""
+        ...
+
+    async def read(
+        self, conn: Conn_contra, application_name: str, partition: int
+    ) -> PartitionRow | None:
+        """The row of one partition, or None."""
+        ...
+
+    async def lock(
+        self, conn: Conn_contra, application_name: str, partition: int
+    ) -> PartitionRow | None:
+        """:meth:`read`, locking the row until the transaction ends."""
+        ...
+
+    async def insert(self, conn: Conn_contra, tracking: PartitionTracking) -> bool:
+        """Move the position of the partition of ``tracking`` forward to it
+        if it is behind (or has none): whether it moved."""
+        ...
+
+    async def compare_and_set(
+        self, conn: Conn_contra, tracking: PartitionTracking, expected: int | None
+    ) -> bool:
+        """As :meth:`insert`, but only if the recorded position is still
+        ``expected``."""
+        ...
+
+    async def advance(
+        self, conn: Conn_contra, application_name: str, marks: Mapping[int, int]
+    ) -> list[PartitionRow]:
+        """Move each partition of ``marks`` forward to its mark where it is
+        behind (locking the rows in order of partition): the rows moved."""
         ...

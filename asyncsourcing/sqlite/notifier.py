@@ -45,9 +45,9 @@ class Subscriber(Protocol):
 class _TrackingChannel:
     """The shared position board of one tracking table.
 
-    The board reads recorded positions with the ``max_tracking_id`` of a
-    recorder of any datastore still attached, so that closing one datastore
-    does not stop the others' waiters from being served.
+    The board reads recorded positions (an application's, or a partition's)
+    through a recorder of any datastore still attached, so that closing one
+    datastore does not stop the others' waiters from being served.
     """
 
     def __init__(self, name: str, poll_interval: float | None) -> None:

@@ -1,5 +1,6 @@
 """SQLite's SQL of a tracking table, eventsourcing's single-row layout, and of
-the dead-letter table beside it.
+the dead-letter table beside it (that of the partition positions beside it
+is in :mod:`asyncsourcing.sqlite.partitions`).
 
 Write transactions begin with ``BEGIN IMMEDIATE``, which takes the file's
 write lock: in one, reading a position is locking it.
@@ -16,6 +17,7 @@ import aiosqlite
 from asyncsourcing.persistence import ParkedEvent, Tracking, parked_table_name
 from asyncsourcing.sqlite.dialect import quote, table_exists
 from asyncsourcing.sqlite.leases import SQLiteLeases
+from asyncsourcing.sqlite.partitions import SQLitePartitionDialect
 from asyncsourcing.sqlite.versions import SQLiteVersions
 
 if TYPE_CHECKING:
@@ -48,6 +50,7 @@ class SQLiteTrackingDialect:
         )
         self._leases: SQLiteLeases | None = None
         self._versions: SQLiteVersions | None = None
+        self._partitions: SQLitePartitionDialect | None = None
 
     def _upsert_statement(self, condition: str) -> str:
         """Inserts the first row of an application, or moves its row forward
@@ -173,6 +176,12 @@ class SQLiteTrackingDialect:
             )
             for row in rows
         ]
+
+    @property
+    def partitions(self) -> SQLitePartitionDialect:
+        if self._partitions is None:
+            self._partitions = SQLitePartitionDialect(self.table_name)
+        return self._partitions
 
     @property
     def leases(self) -> SQLiteLeases:
