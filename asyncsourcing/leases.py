@@ -38,7 +38,12 @@ committing.
 Presence: besides the lease, each runner records its role in
 ``asyncsourcing_runners`` every renewal, with an expiry, and deletes its row
 when it stops, so that ``asyncsourcing status`` can name the standbys too.
-Nothing reads presence to decide anything.
+Nothing reads presence to decide anything, except for partitions.
+
+Partitions: the runners of a projection of ``partitions = N`` share its N
+partitions instead, a lease row for each (:func:`partition_lease_name`),
+fenced as above; each one's presence counts it in the share (see
+:mod:`asyncsourcing.projection.partition_leadership`).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from __future__ import annotations
 import os
 import socket
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -57,11 +63,13 @@ __all__ = [
     "FencedError",
     "Lease",
     "LeaseSettings",
+    "LeaseState",
     "Leases",
     "Presence",
     "SessionLock",
     "has_exited_here",
     "new_owner_id",
+    "partition_lease_name",
 ]
 
 
@@ -84,6 +92,12 @@ def has_exited_here(owner: str) -> bool:
     except PermissionError:
         return False  # It exists, as another user's process.
     return False
+
+
+def partition_lease_name(projection_name: str, partition: int) -> str:
+    """The name of partition ``partition``'s lease row, in the column of
+    projection names (``text``, unbounded: no identifier rules apply)."""
+    return f"{projection_name}[{partition}]"
 
 
 class FencedError(PersistenceError):
@@ -123,6 +137,21 @@ class Lease:
     acquired_at: datetime
     holder_pid: int | None = None
     """The server process id of the owner's session lock, if it holds one."""
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    """A lease as :meth:`Leases.survey` found it, judged by the database."""
+
+    lease: Lease
+    expired: bool
+    """Its expiry has passed, by the database's clock (released, or not
+    renewed in time)."""
+    owner_gone: bool
+    """Its owner is known to have ended: its session lock's session is gone
+    (PostgreSQL), or its process on this host has exited (SQLite). An
+    acquire takes such a lease over at once (with a ``holder_pid`` on
+    PostgreSQL)."""
 
 
 @dataclass(frozen=True)
@@ -228,6 +257,14 @@ class Leases(ABC):
     @abstractmethod
     async def read(self, application_name: str, projection_name: str) -> Lease | None:
         """The lease of a projection, as recorded, or None."""
+
+    @abstractmethod
+    async def survey(
+        self, application_name: str, projection_names: Sequence[str]
+    ) -> list[LeaseState]:
+        """The recorded leases among ``projection_names`` (one read): whether
+        each has expired and whether its owner has gone. A name without a
+        row has never been taken."""
 
     @abstractmethod
     async def announce(

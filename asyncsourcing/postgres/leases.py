@@ -6,11 +6,19 @@ See :mod:`asyncsourcing.leases`. Times come from the database's clock
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from asyncsourcing.leases import FencedError, Lease, Leases, Presence, SessionLock
+from asyncsourcing.leases import (
+    FencedError,
+    Lease,
+    Leases,
+    LeaseState,
+    Presence,
+    SessionLock,
+)
 from asyncsourcing.postgres.errors import translate_errors
 from asyncsourcing.postgres.identifiers import qualified
 
@@ -44,8 +52,9 @@ class PostgresLeases(Leases):
             "PRIMARY KEY (application_name, projection_name))"
         )
         # Free, expired for $7 seconds, or held by a session lock whose
-        # session is gone ($6: the caller holds that lock now, so the owner
-        # cannot).
+        # session is gone ($6: the caller has a lock's session too: the
+        # projection's lock, which the owner cannot hold then, or its own
+        # runner's lock for a partition). The session's end is the fact.
         self.acquire_statement = (
             f"INSERT INTO {table} AS lease ({_COLUMNS}) VALUES ($1, $2, $3, 1, "
             "clock_timestamp() + make_interval(secs => $4), clock_timestamp(), $5) "
@@ -73,6 +82,12 @@ class PostgresLeases(Leases):
         self.read_statement = (
             f"SELECT {_COLUMNS} FROM {table} "
             "WHERE application_name = $1 AND projection_name = $2"
+        )
+        self.survey_statement = (
+            f"SELECT {_COLUMNS}, expires_at <= clock_timestamp(), "
+            "holder_pid IS NOT NULL AND NOT EXISTS (SELECT FROM pg_stat_activity "
+            f"WHERE pid = lease.holder_pid) FROM {table} AS lease "
+            "WHERE application_name = $1 AND projection_name = ANY($2::text[])"
         )
         self.fence_statement = (
             f"SELECT owner, epoch FROM {table} "
@@ -165,6 +180,16 @@ class PostgresLeases(Leases):
                     self.read_statement, application_name, projection_name
                 )
         return None if row is None else Lease(*row)
+
+    async def survey(
+        self, application_name: str, projection_names: Sequence[str]
+    ) -> list[LeaseState]:
+        async with self.datastore.transaction() as conn:
+            with translate_errors():
+                rows = await conn.fetch(
+                    self.survey_statement, application_name, list(projection_names)
+                )
+        return [LeaseState(Lease(*row[:7]), row[7], row[8]) for row in rows]
 
     async def announce(
         self,

@@ -9,10 +9,18 @@ a takeover after a crash waits for the lease to expire.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from asyncsourcing.leases import FencedError, Lease, Leases, Presence, has_exited_here
+from asyncsourcing.leases import (
+    FencedError,
+    Lease,
+    Leases,
+    LeaseState,
+    Presence,
+    has_exited_here,
+)
 
 if TYPE_CHECKING:
     import aiosqlite
@@ -68,6 +76,11 @@ class SQLiteLeases(Leases):
         self.read_statement = (
             f"SELECT {_COLUMNS} FROM {table} "
             "WHERE application_name = ? AND projection_name = ?"
+        )
+        # Followed by "IN (?, ...)", a parameter per name.
+        self.survey_statement = (
+            f"SELECT {_COLUMNS}, expires_at <= {_NOW} FROM {table} "
+            "WHERE application_name = ? AND projection_name IN "
         )
         self.fence_statement = (
             f"SELECT owner, epoch FROM {table} "
@@ -171,6 +184,20 @@ class SQLiteLeases(Leases):
                 )
             )
         return _lease(rows[0]) if rows else None
+
+    async def survey(
+        self, application_name: str, projection_names: Sequence[str]
+    ) -> list[LeaseState]:
+        names = list(projection_names)
+        statement = self.survey_statement + f"({', '.join('?' * len(names))})"
+        async with self.datastore.transaction() as conn:
+            rows = await conn.execute_fetchall(statement, (application_name, *names))
+        # The owner is judged gone as acquire judges it (a released lease's
+        # owner too: it has expired anyway).
+        return [
+            LeaseState(_lease(row), bool(row[7]), has_exited_here(row[2]))
+            for row in rows
+        ]
 
     async def announce(
         self,
