@@ -13,7 +13,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks import progress, rebuild, sections, soak, takeover, writers
+from benchmarks import (
+    partitions,
+    progress,
+    rebuild,
+    sections,
+    soak,
+    takeover,
+    writers,
+)
 from benchmarks.config import BACKENDS
 from benchmarks.report import (
     markdown_table,
@@ -45,7 +53,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "python -m benchmarks rebuild [--events N]: a projection's "
             "rebuild over a million events, its rate and its memory. "
             "python -m benchmarks writers [--seconds S]: writer processes on "
-            "one PostgreSQL table, with and without the table lock."
+            "one PostgreSQL table, with and without the table lock. "
+            "python -m benchmarks partitions: a partitioned projection whose "
+            "handler waits 1 ms, in 1, 2, 4 and 8 partitions."
         ),
     )
     size = parser.add_mutually_exclusive_group()
@@ -123,6 +133,9 @@ def _write_results(report: Report, path: Path, command: str) -> None:
             soak.kept_section(old),
             sections.kept_section(old, rebuild.SECTION_BEGIN, rebuild.SECTION_END),
             sections.kept_section(old, writers.SECTION_BEGIN, writers.SECTION_END),
+            sections.kept_section(
+                old, partitions.SECTION_BEGIN, partitions.SECTION_END
+            ),
         ):
             if kept:
                 text += "\n" + kept
@@ -140,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return rebuild.main(words[1:])
     if words[:1] == ["writers"]:
         return writers.main(words[1:])
+    if words[:1] == ["partitions"]:
+        return partitions.main(words[1:])
     args = parse_args(argv)
     progress.quiet = args.quiet
     progress.reset_clock()

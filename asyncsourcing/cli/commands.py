@@ -25,10 +25,18 @@ from asyncsourcing.cli.progress import (
     take_sample,
 )
 from asyncsourcing.cli.signals import stopped_by_signals
+from asyncsourcing.leases import Leases, partition_lease_name
 from asyncsourcing.persistence import PersistenceError, TrackingRecorder
 from asyncsourcing.projection import BaseProjectionRunner, Role
 
-__all__ = ["Status", "describe", "read_status", "run_command", "status_command"]
+__all__ = [
+    "PartitionState",
+    "Status",
+    "describe",
+    "read_status",
+    "run_command",
+    "status_command",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +132,26 @@ async def _run(
 
 
 @dataclass(frozen=True)
+class PartitionState:
+    """A partition of a partitioned projection, in :class:`Status`."""
+
+    partition: int
+    owner: str | None
+    """The runner that holds the partition's lease, or None (free, expired)."""
+    epoch: int | None
+    position: int
+    """The partition's recorded position; 0 when none."""
+    lag: int
+    """Notifications after ``position`` up to the application's last one."""
+
+    def text(self) -> str:
+        owner = (
+            "no owner" if self.owner is None else f"{self.owner} (epoch {self.epoch})"
+        )
+        return f"{owner}, position {self.position:,}, lag {count(self.lag, 'event')}"
+
+
+@dataclass(frozen=True)
 class Status:
     """What ``asyncsourcing status`` reports.
 
@@ -149,6 +177,9 @@ class Status:
     """The leader's epoch: how many times the lease has changed owner."""
     standbys: list[str] = dataclasses.field(default_factory=list)
     """The runners that stand by, ready to take over, by owner."""
+    partitions: list[PartitionState] = dataclasses.field(default_factory=list)
+    """Of a partitioned projection: each partition's owner, position and
+    lag, by partition (empty for one that is not partitioned)."""
 
     def as_dict(self) -> dict[str, Any]:
         """The fields by name: the JSON object of ``status --json``."""
@@ -159,6 +190,8 @@ class Status:
         leader = "none"
         if self.leader is not None:
             leader = f"{self.leader} (epoch {self.epoch})"
+        if self.partitions and self.leader is None:
+            leader = "none (partitioned: see each partition)"
         return [
             (
                 "application",
@@ -169,6 +202,7 @@ class Status:
             ("standbys", ", ".join(self.standbys) or "none"),
             ("position", f"{self.position:,}"),
             ("lag", count(self.lag, "event")),
+            *((f"partition {p.partition}", p.text()) for p in self.partitions),
         ]
 
     def text(self) -> str:
@@ -176,6 +210,34 @@ class Status:
         rows = self.rows()
         width = max(len(label) for label, _ in rows) + 2
         return "".join(f"{label + ':':<{width}}{value}\n" for label, value in rows)
+
+
+async def read_partitions(
+    runner: BaseProjectionRunner[Any], leases: Leases | None, head: int
+) -> list[PartitionState]:
+    """Each partition's owner, position and lag (none if not partitioned)."""
+    if runner.partitions <= 1:
+        return []
+    positions = await runner.tracking_recorder.partition_positions(runner.app_name)
+    now = datetime.now(UTC)
+    states = []
+    for partition in range(runner.partitions):
+        lease = None
+        if leases is not None:
+            name = partition_lease_name(runner.projection_name, partition)
+            lease = await leases.read(runner.app_name, name)
+        live = lease is not None and lease.expires_at > now
+        position = positions.get(partition) or 0
+        states.append(
+            PartitionState(
+                partition,
+                lease.owner if lease is not None and live else None,
+                lease.epoch if lease is not None and live else None,
+                position,
+                max(0, head - position),
+            )
+        )
+    return states
 
 
 async def read_status(runner: BaseProjectionRunner[Any]) -> Status:
@@ -191,18 +253,24 @@ async def read_status(runner: BaseProjectionRunner[Any]) -> Status:
     )
     leases = recorder.leases
     if leases is None:
-        return status  # In memory: no runner of another process to name.
+        # In memory: no runner of another process to name.
+        partitions = await read_partitions(runner, None, sample.head)
+        return dataclasses.replace(status, partitions=partitions)
     try:
         lease = await leases.read(runner.app_name, runner.projection_name)
         present = await leases.present(runner.app_name, runner.projection_name)
+        partitions = await read_partitions(runner, leases, sample.head)
     except PersistenceError as error:
         # No runner with leadership has run here: the tables do not exist.
         logger.debug("Cannot read the projection's lease: %s", error)
         return status
     if lease is not None and lease.expires_at > datetime.now(UTC):
         status = dataclasses.replace(status, leader=lease.owner, epoch=lease.epoch)
-    standbys = [p.owner for p in present if p.owner != status.leader]
-    return dataclasses.replace(status, standbys=standbys)
+    owners = {state.owner for state in partitions}
+    standbys = [
+        p.owner for p in present if p.owner != status.leader and p.owner not in owners
+    ]
+    return dataclasses.replace(status, standbys=standbys, partitions=partitions)
 
 
 async def status_command(

@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
+from uuid import UUID
 
 from eventsourcing.utils import EnvType
 
@@ -29,6 +30,8 @@ from asyncsourcing.policies import ErrorPolicy, ErrorPolicyLike
 from asyncsourcing.projection.environment import construct_env, lease_settings
 from asyncsourcing.projection.leadership import Leadership, Role
 from asyncsourcing.projection.loop import RunnerLoop
+from asyncsourcing.projection.partition_leadership import PartitionLeadership
+from asyncsourcing.projection.partitioned import PartitionedLoop
 from asyncsourcing.projection.projections import EventSourcedProjection, Projection
 from asyncsourcing.projection.versioning import RunnerVersion
 from asyncsourcing.statistics import RunnerCounters, RunnerStatistics
@@ -104,11 +107,9 @@ class BaseProjectionRunner(Generic[TApplication]):
         self._error_told = False
         self._is_started = False
         self._is_closed = False
+        settings = lease_settings(construct_env(projection.name, env, version=version))
         self._leadership = Leadership(
-            tracking_recorder.leases,
-            self.app_name,
-            name,
-            lease_settings(construct_env(projection.name, env, version=version)),
+            tracking_recorder.leases, self.app_name, name, settings
         )
         self._version = RunnerVersion(
             versions,
@@ -117,23 +118,48 @@ class BaseProjectionRunner(Generic[TApplication]):
             side_effects_during_replay=projection.side_effects_during_replay,
         )
         # The hooks are bound here, so a subclass's overrides apply.
-        self._loop = RunnerLoop(
-            self,
-            self.app,
-            projection,
-            tracking_recorder,
-            self._topics,
-            self._leadership,
-            self._version,
-            RunnerCounters(),
-            record_skipped=self._record_skipped,
-            rolled_back=self._rolled_back,
-        )
+        self._loop: RunnerLoop | PartitionedLoop
+        partitions = getattr(projection, "partitions", 1)
+        self._partitions = partitions
+        if partitions > 1 and isinstance(projection, Projection):
+            self._loop = PartitionedLoop(
+                self,
+                self.app,
+                projection,
+                tracking_recorder,
+                self._topics,
+                PartitionLeadership(
+                    tracking_recorder.leases, self.app_name, name, partitions, settings
+                ),
+                self._version,
+                RunnerCounters(),
+                record_skipped=self._record_skipped,
+                rolled_back=self._rolled_back,
+                mark_interval=lambda: self.filtered_tracking_interval,
+            )
+        else:
+            self._loop = RunnerLoop(
+                self,
+                self.app,
+                projection,
+                tracking_recorder,
+                self._topics,
+                self._leadership,
+                self._version,
+                RunnerCounters(),
+                record_skipped=self._record_skipped,
+                rolled_back=self._rolled_back,
+            )
         self._stopping = self._loop.stopping
 
     @property
     def role(self) -> Role:
-        """Leader (processes the events) or standby (waits to take over)."""
+        """Leader (processes the events) or standby (waits to take over).
+
+        A runner of a partitioned projection leads while it owns partitions.
+        """
+        if isinstance(self._loop, PartitionedLoop):
+            return Role(self._loop.role)
         return self._leadership.role
 
     @property
@@ -141,9 +167,27 @@ class BaseProjectionRunner(Generic[TApplication]):
         """The lease this runner leads by, or None while it stands by.
 
         Also None when leadership is off (``LEADERSHIP=false``) or the
-        view is in memory: then the runner leads without a lease.
+        view is in memory: then the runner leads without a lease; and for
+        a partitioned projection, whose leases are its partitions' (see
+        :attr:`partitions_owned`).
         """
+        if isinstance(self._loop, PartitionedLoop):
+            return None
         return self._leadership.lease
+
+    @property
+    def partitions(self) -> int:
+        """In how many partitions the projection is processed (1: not
+        partitioned; see :mod:`asyncsourcing.projection.partitioned`)."""
+        return self._partitions
+
+    @property
+    def partitions_owned(self) -> frozenset[int]:
+        """The partitions this runner processes: all of them (``{0}``) for
+        a projection that is not partitioned, while it leads."""
+        if isinstance(self._loop, PartitionedLoop):
+            return self._loop.leadership.owned
+        return frozenset({0}) if self.role is Role.LEADER else frozenset()
 
     @property
     def is_running(self) -> bool:
@@ -261,8 +305,16 @@ class BaseProjectionRunner(Generic[TApplication]):
             if owns_lifetime:
                 await self.aclose()
 
-    async def wait(self, notification_id: int | None, timeout: float = 1.0) -> None:
-        """Return once the view has processed ``notification_id``.
+    async def wait(
+        self,
+        notification_id: int | None,
+        timeout: float = 1.0,
+        *,
+        originator_id: UUID | str | None = None,
+    ) -> None:
+        """Return once the view has processed ``notification_id``: for a
+        partitioned projection, once every partition has passed it, or with
+        ``originator_id``, once that aggregate's partition has.
 
         Raises :class:`ProjectionStoppedError`, from the error that stopped
         the runner, if processing stopped with one before: every waiter and
@@ -270,9 +322,18 @@ class BaseProjectionRunner(Generic[TApplication]):
         after ``timeout`` seconds.
         """
         try:
-            await self._tracking_recorder.wait(
-                self.app_name, notification_id, timeout, interrupt=self._stopping
-            )
+            if originator_id is None:
+                await self._tracking_recorder.wait(
+                    self.app_name, notification_id, timeout, interrupt=self._stopping
+                )
+            else:
+                await self._tracking_recorder.wait(
+                    self.app_name,
+                    notification_id,
+                    timeout,
+                    interrupt=self._stopping,
+                    originator_id=originator_id,
+                )
         except WaitInterruptedError:
             self._raise_error()
             if self._has_called_stop:

@@ -87,7 +87,7 @@ class RunnerLoop:
             app,
             projection,
             tracking_recorder,
-            leadership,
+            lambda: leadership.lease,
             version,
             counters,
             record_skipped=record_skipped,

@@ -12,9 +12,10 @@ from typing import Any, Protocol
 from eventsourcing.domain import DomainEventProtocol
 
 from asyncsourcing.application import Application
-from asyncsourcing.leases import FencedError
+from asyncsourcing.leases import FencedError, Lease
 from asyncsourcing.persistence import (
     Notification,
+    PartitionTracking,
     PersistenceError,
     Tracking,
     TrackingBatch,
@@ -22,7 +23,6 @@ from asyncsourcing.persistence import (
 )
 from asyncsourcing.policies import ErrorHandler, ErrorPolicy, Park, Retry, Skip, Stop
 from asyncsourcing.projection.batches import bisect_batch, process_events
-from asyncsourcing.projection.leadership import Leadership
 from asyncsourcing.projection.projections import EventSourcedProjection, Projection
 from asyncsourcing.projection.reconnection import CONNECTION_ERRORS
 from asyncsourcing.projection.subscription import (
@@ -62,12 +62,14 @@ class RunnerSettings(Protocol):
 class Processor:
     """Processes notifications into a projection, under the runner's policy.
 
-    Each view transaction checks the runner's lease (fencing) and tells
-    which events another runner of the projection has processed meanwhile:
-    those are left alone. ``record_skipped`` records a tracking with no
-    update of the view, ``rolled_back`` is told that a view transaction
-    rolled back, and ``sleep`` waits out a retry's delay (True if the
-    runner was stopped meanwhile).
+    Each view transaction checks the lease that ``fence()`` gives (the
+    runner's, or its partition's; None: no fencing) and tells which events
+    another runner of the projection has processed meanwhile: those are
+    left alone. ``record_skipped`` records a tracking with no update of the
+    view, ``rolled_back`` is told that a view transaction rolled back, and
+    ``sleep`` waits out a retry's delay (True if the runner was stopped
+    meanwhile). With ``partition``, the events are that partition's, and
+    their positions are recorded as its own (:class:`PartitionTracking`).
     """
 
     def __init__(
@@ -76,19 +78,21 @@ class Processor:
         app: Application[Any],
         projection: Projection[Any] | EventSourcedProjection[Any],
         tracking_recorder: TrackingRecorder,
-        leadership: Leadership,
+        fence: Callable[[], Lease | None],
         version: RunnerVersion,
         counters: RunnerCounters,
         *,
         record_skipped: Callable[[Tracking], Awaitable[None]],
         rolled_back: Callable[[], None],
         sleep: Callable[[float], Awaitable[bool]],
+        partition: int | None = None,
     ) -> None:
         self._settings = settings
         self._app = app
         self._projection = projection
         self._tracking_recorder = tracking_recorder
-        self._leadership = leadership
+        self._fence = fence
+        self._partition = partition
         self._version = version
         self._counters = counters
         self._record_skipped = record_skipped
@@ -102,9 +106,9 @@ class Processor:
         notifications = subscription.subscription
         async for notification in notifications:
             more = notifications.take_ready(self._settings.max_batch_size - 1)
-            await self._process_batch([notification, *more])
+            await self.process_batch([notification, *more])
 
-    async def _process_batch(self, batch: Sequence[Notification]) -> None:
+    async def process_batch(self, batch: Sequence[Notification]) -> None:
         """Process ``batch`` in one transaction; if that fails, split it to
         process the failing event alone (:func:`.batches.bisect_batch`).
         Replays and live events are never in one transaction."""
@@ -122,8 +126,12 @@ class Processor:
         take their locks in one order; it tells which events another runner
         has processed meanwhile.
         """
+        if self._partition is None:
+            return self._tracking_recorder.batch_transaction(
+                self._app.name, fence=self._fence()
+            )
         return self._tracking_recorder.batch_transaction(
-            self._app.name, fence=self._leadership.lease
+            self._app.name, fence=self._fence(), partition=self._partition
         )
 
     async def _try_batch(self, batch: Sequence[Notification]) -> bool:
@@ -246,7 +254,7 @@ class Processor:
         """Whether the view records ``notification`` as processed, by another
         runner (after an error that may be its tracking conflict)."""
         try:
-            position = await self._tracking_recorder.max_tracking_id(self._app.name)
+            position = await self._recorded_position()
         except PersistenceError:
             return False
         if position is None or position < notification.id:
@@ -261,11 +269,21 @@ class Processor:
         self._counters.advanced_to(position)
         return True
 
+    async def _recorded_position(self) -> int | None:
+        """The position recorded for the events processed here."""
+        recorder = self._tracking_recorder
+        if self._partition is None:
+            return await recorder.max_tracking_id(self._app.name)
+        positions = await recorder.partition_positions(self._app.name)
+        return positions.get(self._partition)
+
     def _decode(self, notification: Notification) -> DomainEventProtocol[Any]:
         return decode_notification(self._app.mapper, self._app.name, notification)
 
     def _tracking(self, notification: Notification) -> Tracking:
-        return Tracking(self._app.name, notification.id)
+        if self._partition is None:
+            return Tracking(self._app.name, notification.id)
+        return PartitionTracking(self._app.name, notification.id, self._partition)
 
     async def _skip(
         self, notification: Notification, tracking: Tracking, error: Exception

@@ -98,6 +98,14 @@ class Projection(ABC, Generic[TView]):
     functions run while the runner replays events (see
     :mod:`asyncsourcing.projection.replay`)."""
 
+    partitions: ClassVar[int] = 1
+    """In how many partitions the events are processed (see
+    :mod:`asyncsourcing.projection.partitioned`): an event's partition is a
+    stable hash of its originator id, so each aggregate's events are
+    processed in order, and the partitions are processed concurrently, by
+    the runners of one process or of many. Fixed when the projection (its
+    version) is first run: another count needs a new :attr:`version`."""
+
     topics: tuple[str, ...] = ()
     """Topics of the events to process, filtered in the database; all when empty."""
 

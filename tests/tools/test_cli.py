@@ -385,6 +385,7 @@ def test_status_json(env: dict[str, str]) -> None:
         "leader": None,
         "epoch": None,
         "standbys": [],
+        "partitions": [],
     }
     assert list(json.loads(before.stdout)) == [
         "application",
@@ -395,6 +396,7 @@ def test_status_json(env: dict[str, str]) -> None:
         "leader",
         "epoch",
         "standbys",
+        "partitions",
     ]
     assert asyncsourcing("run", *DOGSCHOOL, "--timeout", "0.2", env=env).returncode == 0
     after = asyncsourcing("status", *DOGSCHOOL, "--json", env=env)
@@ -404,6 +406,41 @@ def test_status_json(env: dict[str, str]) -> None:
         4,
         0,
     )
+
+
+def test_status_of_a_partitioned_projection(env: dict[str, str]) -> None:
+    audit = [
+        "--app",
+        "asyncsourcing.application:Application",
+        "--projection",
+        "examples.auditlog.projection:AuditLogProjection",
+        "--view",
+        "examples.auditlog.sqlite:SQLiteAuditLog",
+    ]
+
+    async def write() -> None:
+        async with Application[UUID](env) as app:
+            await app.save(*(Aggregate() for _ in range(10)))
+
+    asyncio.run(write())
+    runner = Running("run", *audit, *FAST, env=env)
+    try:
+        runner.wait_for(r"position 10 of 10")
+        status = json.loads(asyncsourcing("status", *audit, "--json", env=env).stdout)
+        text = asyncsourcing("status", *audit, env=env).stdout
+    finally:
+        runner.process.send_signal(signal.SIGINT)
+        runner.finish()
+    assert (status["position"], status["lag"], status["leader"]) == (10, 0, None)
+    # One runner holds the 4 partitions, each past every event.
+    [owner] = {p["owner"] for p in status["partitions"]}
+    assert owner is not None
+    assert [
+        (p["partition"], p["position"], p["lag"]) for p in status["partitions"]
+    ] == [(p, 10, 0) for p in range(4)]
+    assert status["standbys"] == []
+    assert "leader:      none (partitioned: see each partition)" in text
+    assert f"partition 3: {owner} (epoch " in text
 
 
 def test_two_runs_of_one_projection_one_leads_the_other_stands_by(
