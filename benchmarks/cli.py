@@ -19,6 +19,7 @@ from benchmarks import (
     rebuild,
     sections,
     soak,
+    sqlite_writer,
     takeover,
     writers,
 )
@@ -55,7 +56,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "python -m benchmarks writers [--seconds S]: writer processes on "
             "one PostgreSQL table, with and without the table lock. "
             "python -m benchmarks partitions: a partitioned projection whose "
-            "handler waits 1 ms, in 1, 2, 4 and 8 partitions."
+            "handler waits 1 ms, in 1, 2, 4 and 8 partitions. "
+            "python -m benchmarks sqlite-writer: one SQLite writer's save, "
+            "part by part, beside eventsourcing's."
         ),
     )
     size = parser.add_mutually_exclusive_group()
@@ -136,6 +139,9 @@ def _write_results(report: Report, path: Path, command: str) -> None:
             sections.kept_section(
                 old, partitions.SECTION_BEGIN, partitions.SECTION_END
             ),
+            sections.kept_section(
+                old, sqlite_writer.SECTION_BEGIN, sqlite_writer.SECTION_END
+            ),
         ):
             if kept:
                 text += "\n" + kept
@@ -155,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return writers.main(words[1:])
     if words[:1] == ["partitions"]:
         return partitions.main(words[1:])
+    if words[:1] == ["sqlite-writer"]:
+        return sqlite_writer.main(words[1:])
     args = parse_args(argv)
     progress.quiet = args.quiet
     progress.reset_clock()
