@@ -22,16 +22,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
+import socketserver
 import statistics
 import subprocess
 import sys
+import threading
 import time
+import weakref
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 from uuid import UUID
 
+from asyncsourcing.persistence import Tracking
 from benchmarks import sections
 from benchmarks.progress import log
 from benchmarks.server import describe_durability, postgres_server
@@ -47,13 +52,78 @@ SAVE_BATCH = 500
 IO_DELAY = 0.001
 
 
+# Each worker task's connection to the service (the tasks end at rebalances).
+_connections: weakref.WeakKeyDictionary[
+    asyncio.Task[Any], tuple[asyncio.StreamReader, asyncio.StreamWriter]
+] = weakref.WeakKeyDictionary()
+
+
+async def call_service() -> None:
+    """Wait ``IO_DELAY`` for the service of ``AUDIT_SERVICE`` (host:port) to
+    answer, on a connection of the calling task; without a service, sleep."""
+    address = os.environ.get("AUDIT_SERVICE")
+    task = asyncio.current_task()
+    if not address or task is None:
+        await asyncio.sleep(IO_DELAY)
+        return
+    connection = _connections.get(task)
+    if connection is None:
+        host, _, port = address.rpartition(":")
+        connection = await asyncio.open_connection(host, int(port))
+        connection[1].get_extra_info("socket").setsockopt(
+            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+        )
+        _connections[task] = connection
+    reader, writer = connection
+    writer.write(b"?\n")
+    await reader.readline()
+
+
 class SlowAuditLog(AuditLogProjection):
-    """The audit log, its handler awaiting 1 ms of IO; ``AUDIT_PARTITIONS``
-    partitions (read when the module is imported, in each runner process)."""
+    """The audit log, its handler waiting 1 ms on IO first (:func:`call_service`);
+    ``AUDIT_PARTITIONS`` partitions (read when the module is imported, in each
+    runner process)."""
 
     name = "auditlog"
     partitions: ClassVar[int] = int(os.environ.get("AUDIT_PARTITIONS", "1"))
-    io_delay: ClassVar[float] = IO_DELAY
+
+    async def process_event(self, domain_event: Any, tracking: Tracking) -> None:
+        await call_service()
+        await super().process_event(domain_event, tracking)
+
+
+class _Answer(socketserver.StreamRequestHandler):
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def handle(self) -> None:
+        for _ in self.rfile:
+            time.sleep(IO_DELAY)  # In a thread of its own: no timer rounding.
+            self.wfile.write(b"\n")
+
+
+class SlowService:
+    """A service on loopback that answers each line after ``IO_DELAY``
+    seconds, a thread per connection: what a handler's call to another
+    service waits for, woken by its socket rather than by a timer of the
+    runner's event loop (whose epoll rounds timeouts up to whole
+    milliseconds)."""
+
+    def __init__(self) -> None:
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Answer)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"{host!s}:{port}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 def _runner_command() -> list[str]:
@@ -115,7 +185,11 @@ async def _shared_out(view: Any, app_name: str, partitions: int, owners: int) ->
 
 
 async def trial(
-    server_env: dict[str, str], partitions: int, processes: int, per_partition: int
+    server_env: dict[str, str],
+    partitions: int,
+    processes: int,
+    per_partition: int,
+    service: str | None,
 ) -> float:
     """Events/s of one trial, in a schema of its own."""
     import asyncpg
@@ -139,6 +213,7 @@ async def trial(
         **server_env,
         "POSTGRES_SCHEMA": schema,
         "AUDIT_PARTITIONS": str(partitions),
+        **({"AUDIT_SERVICE": service} if service else {}),
     }
     factory = InfrastructureFactory.construct(Environment(SlowAuditLog.name, env))
     view: Any = factory.construct_tracking_recorder(PostgresAuditLog)
@@ -181,23 +256,64 @@ def section(
         f"`python -m benchmarks partitions --repetitions {args.repetitions} "
         f"--per-partition {args.per_partition}` on "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: the audit log, "
-        f"its handler awaiting {IO_DELAY * 1000:g} ms before each append, "
-        f"{args.per_partition:,} events per partition; PostgreSQL, {durability}. "
-        "Medians (min..max) of the repetitions; the ratio is the rate over "
-        "P x the one-partition rate of the same placement (goal >= 0.8).",
+        f"its handler waiting {IO_DELAY * 1000:g} ms before each append: for a "
+        "service on loopback that answers after 1 ms (a socket wakes the "
+        "handler), or in `asyncio.sleep(0.001)` (a timer of the runner's loop, "
+        "which epoll rounds up to whole milliseconds: timers of concurrent "
+        f"partitions fire late); {args.per_partition:,} events per partition; "
+        f"PostgreSQL, {durability}. Medians (min..max) of the repetitions; the "
+        "ratio is the rate over P x the one-partition rate of the same wait "
+        "and placement (goal >= 0.8).",
         "",
-        "| partitions | placement | events/s | ratio to P x one |",
-        "|--:|---|--:|--:|",
+        "| partitions | wait | placement | events/s | ratio to P x one |",
+        "|--:|---|---|--:|--:|",
     ]
     for row in rows:
         rates = row["rates"]
         lines.append(
-            f"| {row['partitions']} | {row['placement']} "
+            f"| {row['partitions']} | {row['wait']} | {row['placement']} "
             f"| {statistics.median(rates):,.0f} ({min(rates):,.0f}..{max(rates):,.0f}) "
             f"| {row['ratio']:.2f} |"
         )
     lines += [SECTION_END, ""]
     return "\n".join(lines)
+
+
+def _placement(
+    server_env: dict[str, str],
+    args: argparse.Namespace,
+    counts: list[int],
+    placement: str,
+    service: str | None,
+) -> list[dict[str, Any]]:
+    """The rows of one wait and placement, for each count of partitions."""
+    rows = []
+    one: float | None = None
+    for partitions in counts:
+        processes = partitions if placement == "across processes" else 1
+        rates = []
+        for repetition in range(args.repetitions):
+            rate = asyncio.run(
+                trial(server_env, partitions, processes, args.per_partition, service)
+            )
+            log(
+                f"{partitions} partitions {placement}"
+                f"{' (service)' if service else ' (sleep)'}, trial "
+                f"{repetition + 1}: {rate:,.0f} events/s"
+            )
+            rates.append(rate)
+        median = statistics.median(rates)
+        one = median if partitions == 1 else one
+        ratio = median / (partitions * one) if one else float("nan")
+        rows.append(
+            {
+                "partitions": partitions,
+                "placement": placement,
+                "rates": rates,
+                "ratio": ratio,
+            }
+        )
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -211,33 +327,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     counts = args.partitions or [1, 2, 4, 8]
     rows: list[dict[str, Any]] = []
-    with postgres_server(durable=True) as server:
-        durability = describe_durability(server.durability)
-        for placement in ("across processes", "in one process"):
-            one: float | None = None
-            for partitions in counts:
-                processes = partitions if placement == "across processes" else 1
-                rates = []
-                for repetition in range(args.repetitions):
-                    rate = asyncio.run(
-                        trial(server.env(), partitions, processes, args.per_partition)
-                    )
-                    log(
-                        f"{partitions} partitions {placement}, trial "
-                        f"{repetition + 1}: {rate:,.0f} events/s"
-                    )
-                    rates.append(rate)
-                median = statistics.median(rates)
-                one = median if partitions == 1 else one
-                ratio = median / (partitions * one) if one else float("nan")
-                rows.append(
-                    {
-                        "partitions": partitions,
-                        "placement": placement,
-                        "rates": rates,
-                        "ratio": ratio,
-                    }
-                )
+    service = SlowService()
+    waits = {"a service": service.address, "asyncio.sleep": None}
+    try:
+        with postgres_server(durable=True) as server:
+            durability = describe_durability(server.durability)
+            for wait, address in waits.items():
+                for placement in ("across processes", "in one process"):
+                    rows += _placement(server.env(), args, counts, placement, address)
+                    for row in rows:
+                        row.setdefault("wait", wait)
+    finally:
+        service.close()
     text = section(rows, args, durability)
     print(text)
     if not args.no_results:
