@@ -34,3 +34,16 @@ async def pg_schema(postgres_env: dict[str, str]) -> AsyncIterator[str]:
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     SQLiteCountingBatches.batches = PostgresCountingBatches.batches = 0
     return Backend(request.param, backend_env(request.param, request, tmp_path))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def audit_backend(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> tuple[str, dict[str, str]]:
+    """A SQL backend's name and settings for the audit log example (a
+    partitioned projection), with leases of a second."""
+    name: str = request.param
+    env = backend_env(name, request, tmp_path)
+    if name == "sqlite":
+        env["AUDITLOG_SQLITE_DBNAME"] = str(tmp_path / "view.sqlite")
+    return name, {**env, "LEASE_TTL": "1"}

@@ -601,27 +601,11 @@ class PostgresEventsDialect:
             await self.datastore.read(self.check_write_mode)
         if self.concurrent_writes:
             return await self._insert_alone_concurrently(stored_events)
-        timeout = self.datastore.lock_timeout
-        lock_timeout = f"{timeout}s" if timeout else None
         try:
-            if len(stored_events) == 1:
-                (e,) = stored_events
-                args: tuple[Any, ...] = (
-                    lock_timeout,
-                    self._originator_id(e.originator_id),
-                    e.originator_version,
-                    e.topic,
-                    e.state,
-                )
-                notification_id: int = await self.datastore.write(
-                    lambda conn: conn.fetchval(
-                        self._insert_one_function_statement, *args
-                    )
-                )
-                return [notification_id]
-            args = (lock_timeout, *self._insert_args(stored_events))
-            rows = await self.datastore.write(
-                lambda conn: conn.fetch(self._insert_function_statement, *args)
+            return await self._call_insert_function(
+                stored_events,
+                self._insert_one_function_statement,
+                self._insert_function_statement,
             )
         except ProgrammingError as error:
             if not isinstance(error.__cause__, asyncpg.UndefinedFunctionError):
@@ -629,13 +613,26 @@ class PostgresEventsDialect:
             # Tables made elsewhere (CREATE_TABLE=false), without our functions.
             self.inserts_alone = False
             return None
-        return [row[0] for row in rows]
 
     async def _insert_alone_concurrently(
         self, stored_events: Sequence[StoredEvent]
     ) -> Sequence[int]:
         """One call of the table's concurrent insert function, which commits
         by itself; then NOTIFY, from the datastore."""
+        ids = await self._call_insert_function(
+            stored_events,
+            self._concurrent_insert_one_function_statement,
+            self._concurrent_insert_function_statement,
+        )
+        self._notify_after_commit()
+        return ids
+
+    async def _call_insert_function(
+        self, stored_events: Sequence[StoredEvent], one: str, many: str
+    ) -> list[int]:
+        """The notification ids of one call, outside any transaction, of an
+        insert function: by statement ``one`` for a single event (scalar
+        arguments), else by ``many`` (arrays)."""
         timeout = self.datastore.lock_timeout
         lock_timeout = f"{timeout}s" if timeout else None
         if len(stored_events) == 1:
@@ -648,21 +645,12 @@ class PostgresEventsDialect:
                 e.state,
             )
             notification_id: int = await self.datastore.write(
-                lambda conn: conn.fetchval(
-                    self._concurrent_insert_one_function_statement, *args
-                )
+                lambda conn: conn.fetchval(one, *args)
             )
-            ids: Sequence[int] = [notification_id]
-        else:
-            args = (lock_timeout, *self._insert_args(stored_events))
-            rows = await self.datastore.write(
-                lambda conn: conn.fetch(
-                    self._concurrent_insert_function_statement, *args
-                )
-            )
-            ids = [row[0] for row in rows]
-        self._notify_after_commit()
-        return ids
+            return [notification_id]
+        args = (lock_timeout, *self._insert_args(stored_events))
+        rows = await self.datastore.write(lambda conn: conn.fetch(many, *args))
+        return [row[0] for row in rows]
 
     # Selecting.
 

@@ -22,6 +22,7 @@ from asyncsourcing.projection.processing import (
 from asyncsourcing.projection.projections import EventSourcedProjection, Projection
 from asyncsourcing.projection.reconnection import CONNECTION_ERRORS, Reconnection
 from asyncsourcing.projection.subscription import Subscriber
+from asyncsourcing.projection.tasks import finish, stopped_within
 from asyncsourcing.projection.versioning import RunnerVersion
 from asyncsourcing.statistics import RunnerCounters, RunnerStatistics
 from asyncsourcing.versions import versioned_name
@@ -163,14 +164,7 @@ class RunnerLoop:
         back the lease and unsubscribe. Cancelling the caller cancels the
         task too: nothing is left behind."""
         try:
-            if self._task is not None:
-                try:
-                    await asyncio.shield(self._task)
-                except asyncio.CancelledError:
-                    self._task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await self._task
-                    raise
+            await finish(self._task)
         finally:
             if self._announcing is not None:
                 self._announcing.cancel()
@@ -299,6 +293,4 @@ class RunnerLoop:
 
     async def _is_stopped_within(self, delay: float) -> bool:
         """Sleep ``delay`` seconds, or less if the loop is stopped: True then."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), delay)
-        return self.stopping.is_set()
+        return await stopped_within(self.stopping, delay)

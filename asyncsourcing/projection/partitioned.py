@@ -49,6 +49,7 @@ from asyncsourcing.projection.processing import (
 )
 from asyncsourcing.projection.projections import Projection
 from asyncsourcing.projection.reconnection import CONNECTION_ERRORS, Reconnection
+from asyncsourcing.projection.tasks import finish, stopped_within
 from asyncsourcing.projection.versioning import RunnerVersion
 from asyncsourcing.statistics import RunnerCounters, RunnerStatistics
 from asyncsourcing.versions import versioned_name
@@ -159,14 +160,7 @@ class PartitionedLoop:
         back the partitions' leases. Cancelling the caller cancels the task
         too: nothing is left behind."""
         try:
-            if self._task is not None:
-                try:
-                    await asyncio.shield(self._task)
-                except asyncio.CancelledError:
-                    self._task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await self._task
-                    raise
+            await finish(self._task)
         finally:
             await self._stop_leading()
 
@@ -306,6 +300,4 @@ class PartitionedLoop:
 
     async def _is_stopped_within(self, delay: float) -> bool:
         """Sleep ``delay`` seconds, or less if the loop is stopped: True then."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), delay)
-        return self.stopping.is_set()
+        return await stopped_within(self.stopping, delay)

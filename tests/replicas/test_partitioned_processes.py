@@ -34,7 +34,6 @@ from examples.auditlog.projection import AuditLogProjection
 from examples.auditlog.sqlite import SQLiteAuditLog
 from tests.projection.test_partitioned import check_exactly_once_in_order
 from tests.support.paths import ROOT
-from tests.support.postgres import factory_env
 
 PARTITIONS = AuditLogProjection.partitions
 
@@ -153,27 +152,10 @@ async def runners(
         await group.factory.close()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def backend(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> tuple[str, dict[str, str]]:
-    name: str = request.param
-    if name == "sqlite":
-        return name, {
-            "PERSISTENCE_MODULE": "asyncsourcing.sqlite",
-            "SQLITE_DBNAME": str(tmp_path / "app.sqlite"),
-            "AUDITLOG_SQLITE_DBNAME": str(tmp_path / "view.sqlite"),
-        }
-    env = factory_env(
-        request.getfixturevalue("postgres_env"), request.getfixturevalue("pg_schema")
-    )
-    return name, env
-
-
 async def test_runners_join_leave_and_die_while_events_are_written(
-    backend: tuple[str, dict[str, str]], tmp_path: Path
+    audit_backend: tuple[str, dict[str, str]], tmp_path: Path
 ) -> None:
-    name, env = backend
+    name, env = audit_backend
     async with runners(name, env, tmp_path) as group:
         stop_writing = asyncio.Event()
         writing = asyncio.create_task(group.write(stop_writing))
