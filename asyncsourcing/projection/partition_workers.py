@@ -187,7 +187,8 @@ class Generation:
                 for task, worker in workers.items():
                     if worker.stop():
                         task.cancel()  # Idle: it only waits for events.
-                await asyncio.wait(workers)
+                if workers:
+                    await asyncio.wait(workers)
                 for task in workers:
                     if not task.cancelled() and task.exception() is not None:
                         task.result()  # A batch in hand failed.

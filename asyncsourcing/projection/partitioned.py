@@ -244,6 +244,8 @@ class PartitionedLoop:
     async def _run_generation(self, owned: frozenset[int]) -> None:
         """Read and process for the partitions ``owned`` until they change,
         the loop stops, or an error."""
+        if not owned:
+            return  # Lost meanwhile: the loop waits for partitions again.
         positions = await self._tracking_recorder.partition_positions(self._app.name)
         generation = Generation(
             self._app,

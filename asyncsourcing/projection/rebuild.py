@@ -33,6 +33,7 @@ from typing import Any, Generic
 from eventsourcing.utils import EnvType
 
 from asyncsourcing.factory import InfrastructureFactory
+from asyncsourcing.leases import partition_lease_name
 from asyncsourcing.persistence import TrackingRecorder, WaitInterruptedError
 from asyncsourcing.projection.base import TApplication
 from asyncsourcing.projection.environment import construct_env, with_defaults
@@ -211,7 +212,7 @@ class ProjectionVersions(Resource, Generic[TApplication, TView]):
         record = find_version(records, self.name, version)
         serving = [r.version for r in records if r.status is VersionStatus.SERVING]
         views = [await self.view(v) for v in [*serving, version]]
-        dialects = [_sql_view(v).tracking_dialect for v in views]
+        recorders = [_sql_view(v) for v in views]
         leases = views[0].leases
         app_name = record.application_name
         if (
@@ -226,19 +227,27 @@ class ProjectionVersions(Resource, Generic[TApplication, TView]):
                     timeout=self.switch_wait,
                 )
 
+        # A partitioned version's runners hold a lease per partition.
+        old_partitions = [
+            len(await view.partition_positions(app_name)) for view in views[:-1]
+        ]
+
         async def positions(conn: Any) -> int | None:
             if leases is not None:
                 # First, so that the old version's transactions in flight
                 # have committed when its position is read, and it commits
                 # none after: its runners stand by and come back retired.
-                for old in serving:
-                    await leases.fence_out(
-                        conn, record.application_name, versioned_name(self.name, old)
-                    )
+                for old, partitions in zip(serving, old_partitions, strict=True):
+                    name = versioned_name(self.name, old)
+                    for lease_name in [
+                        name,
+                        *(partition_lease_name(name, p) for p in range(partitions)),
+                    ]:
+                        await leases.fence_out(conn, app_name, lease_name)
             mark = None
-            for dialect in dialects:
+            for recorder in recorders:
                 mark = Versions.greater(
-                    mark, await dialect.read_max(conn, record.application_name)
+                    mark, await recorder.read_position(conn, app_name)
                 )
             return mark
 

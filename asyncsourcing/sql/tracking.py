@@ -449,9 +449,15 @@ class SQLTrackingRecorder(SQLRecorder[Conn], TrackingRecorder):
 
     async def max_tracking_id(self, application_name: str) -> int | None:
         await self._before_read(application_name)
-        position, positions = await self.datastore.read(
-            lambda conn: self._read_positions(conn, application_name)
+        return await self.datastore.read(
+            lambda conn: self.read_position(conn, application_name)
         )
+
+    async def read_position(self, conn: Conn, application_name: str) -> int | None:
+        """The position of ``application_name``, read on ``conn``: its
+        tracking row's, or for a partitioned projection the least of its
+        partitions' (every event up to it is processed)."""
+        position, positions = await self._read_positions(conn, application_name)
         return least_position(positions) if positions else position
 
     async def wait(

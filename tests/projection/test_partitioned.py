@@ -21,7 +21,8 @@ from asyncsourcing.application import Application
 from asyncsourcing.domain import Aggregate
 from asyncsourcing.partitions import PartitionError, partition_of
 from asyncsourcing.persistence import PartitionTracking, Tracking
-from asyncsourcing.projection import ProjectionRunner
+from asyncsourcing.projection import ProjectionRunner, ProjectionVersions
+from asyncsourcing.versions import VersionStatus
 from examples.auditlog.postgres import PostgresAuditLog
 from examples.auditlog.projection import AuditLogProjection
 from examples.auditlog.sqlite import SQLiteAuditLog
@@ -205,3 +206,37 @@ async def test_an_error_in_one_partition_stops_the_runner_with_it(
     assert (positions[partition] or 0) < failing.notification.id
     assert failing.notification.id not in {e.notification_id for e in entries}
     assert spanner.id not in {e.originator_id for e in entries}
+
+
+async def test_a_new_version_rebuilds_and_switches_from_a_partitioned_one(
+    audit_backend: tuple[str, dict[str, str]],
+) -> None:
+    class AuditLogV2(AuditLogProjection):
+        name = "auditlog"
+        version = 2
+        partitions = 2  # A new version may have another count.
+
+    name, env = audit_backend
+    async with runner(audit_backend) as first:
+        await save_events(first.app, aggregates=6, events=3)
+        last = await first.app.recorder.max_notification_id()
+        await first.wait(last, timeout=10)
+        async with ProjectionVersions(
+            application_class=Application[UUID],
+            projection_class=AuditLogV2,
+            view_class=VIEWS[name],
+            env=env,
+        ) as versions:
+            record = await versions.rebuild(max_lag=0)
+            # The mark is where every partition of version 1 had got to.
+            assert (record.version, record.replay_until) == (2, last)
+            assert record.status is VersionStatus.SERVING
+            view = await versions.serving_view()
+            check_exactly_once_in_order(await view.entries(), last)
+            assert await view.partition_positions(first.app_name) == {0: last, 1: last}
+        # Version 1's runner was fenced off in each partition: it lets them go.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while first.partitions_owned:
+            assert loop.time() < deadline, first.partitions_owned
+            await asyncio.sleep(0.05)
