@@ -27,6 +27,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, TypeAlias, TypedDict, TypeVar, cast, overload
+from uuid import UUID
 
 from asyncsourcing.application import Application
 from asyncsourcing.persistence import InfrastructureFactory, TrackingRecorder
@@ -210,13 +211,19 @@ class PositionNotReachedError(TimeoutError):
 
 
 async def wait_for_position(
-    state: ViewState[Any, Any], position: int | None, timeout: float
+    state: ViewState[Any, Any],
+    position: int | None,
+    timeout: float,
+    *,
+    originator_id: UUID | str | None = None,
 ) -> None:
     """Return once the view of ``state`` has processed ``position``.
 
     ``state`` is the lifespan state of either lifespan. Returns at once when
     ``position`` is None or already processed; otherwise waits, woken by the
-    commit that records it.
+    commit that records it. For a partitioned projection, ``originator_id``
+    (the aggregate written) waits only for that aggregate's partition (see
+    :mod:`asyncsourcing.projection.partitioned`).
 
     :raises PositionNotReachedError: after ``timeout`` seconds; at once if
         the state's runner (:class:`ProjectionState`) has stopped.
@@ -233,7 +240,12 @@ async def wait_for_position(
             application_name, position, timeout, projection_stopped=True
         )
     try:
-        await view.wait(application_name, position, timeout=timeout)
+        if originator_id is None:
+            await view.wait(application_name, position, timeout=timeout)
+        else:
+            await view.wait(
+                application_name, position, timeout=timeout, originator_id=originator_id
+            )
     except TimeoutError:
         stopped = isinstance(runner, BaseProjectionRunner) and not runner.is_running
         raise PositionNotReachedError(

@@ -18,6 +18,7 @@ from uuid import UUID
 import pytest
 
 from asyncsourcing.application import Application
+from asyncsourcing.asgi import PositionNotReachedError, wait_for_position
 from asyncsourcing.domain import Aggregate
 from asyncsourcing.partitions import PartitionError, partition_of
 from asyncsourcing.persistence import PartitionTracking, Tracking
@@ -130,6 +131,12 @@ async def test_waiting_for_an_aggregates_partition(
         )
         with pytest.raises(TimeoutError):
             await audit.wait(recording.notification.id, timeout=0.3)
+        # So do web services' waits (asyncsourcing.asgi).
+        state: Any = {"application": audit.app, "view": audit.view, "runner": audit}
+        position = recording.notification.id
+        await wait_for_position(state, position, 10, originator_id=aggregate.id)
+        with pytest.raises(PositionNotReachedError):
+            await wait_for_position(state, position, 0.3)
         Blocked.released.set()
         await audit.wait(recording.notification.id, timeout=10)
         check_exactly_once_in_order(await audit.view.entries(), 2)
