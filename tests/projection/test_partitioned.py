@@ -20,6 +20,7 @@ import pytest
 from asyncsourcing.application import Application
 from asyncsourcing.asgi import PositionNotReachedError, wait_for_position
 from asyncsourcing.domain import Aggregate
+from asyncsourcing.leases import partition_lease_name
 from asyncsourcing.partitions import PartitionError, partition_of
 from asyncsourcing.persistence import PartitionTracking, Tracking
 from asyncsourcing.projection import ProjectionRunner, ProjectionVersions
@@ -247,3 +248,31 @@ async def test_a_new_version_rebuilds_and_switches_from_a_partitioned_one(
         while first.partitions_owned:
             assert loop.time() < deadline, first.partitions_owned
             await asyncio.sleep(0.05)
+
+
+async def test_a_fenced_off_partition_is_let_go_and_nothing_is_processed_twice(
+    audit_backend: tuple[str, dict[str, str]],
+) -> None:
+    async with runner(audit_backend) as audit:
+        await save_events(audit.app, aggregates=12, events=2)
+        view = audit.view
+        # Another runner's takeover of partition 2, as a switch does it: the
+        # lease's epoch moves on, so the runner's next transaction there is
+        # fenced off, and it lets the partition go.
+        async with view.datastore.transaction(commit=True) as conn:
+            await view.leases.fence_out(
+                conn, audit.app_name, partition_lease_name(AuditLogProjection.name, 2)
+            )
+        writing = asyncio.create_task(save_events(audit.app, aggregates=12, events=4))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while 2 in audit.partitions_owned:
+            assert loop.time() < deadline
+            await asyncio.sleep(0.02)
+        await writing
+        # The runner takes it back once its lease expires, and goes on.
+        last = await audit.app.recorder.max_notification_id()
+        assert last is not None
+        await audit.wait(last, timeout=20)
+        assert audit.partitions_owned == {0, 1, 2, 3}
+        check_exactly_once_in_order(await view.entries(), last)
