@@ -157,10 +157,17 @@ class Generation:
         )
         self._subscription.subscription.on_caught_up = self._caught_up
         self._max_batch_size = max_batch_size
+        self._reader: asyncio.Task[None] | None = None
+        self._stopped = False
 
     def stop(self) -> None:
-        """End the reading; the workers are cancelled by :meth:`run`'s caller."""
+        """End the reading, and let :meth:`run` return once the workers have
+        finished the batches in hand."""
+        self._stopped = True
         self._subscription.stop()
+        if self._reader is not None:
+            # It holds no transaction; it may wait for a full queue.
+            self._reader.cancel()
 
     async def run(self) -> None:
         """Read, process and record marks until stopped or failed.
@@ -173,6 +180,9 @@ class Generation:
         """
         async with self._subscription:
             reader = asyncio.create_task(self._read(), name="partitions reader")
+            self._reader = reader
+            if self._stopped:
+                reader.cancel()
             marks = asyncio.create_task(self._record_marks(), name="partition marks")
             workers = {
                 asyncio.create_task(w.run(), name=f"partition {p}"): w
@@ -182,6 +192,8 @@ class Generation:
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
+                    if task is reader and task.cancelled() and self._stopped:
+                        continue  # Stopped while it waited for a queue.
                     task.result()  # The error, if any; else the reading ended.
                 marks.cancel()
                 for task, worker in workers.items():
