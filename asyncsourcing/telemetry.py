@@ -56,9 +56,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar
 
 from asyncsourcing.statistics import HorizonStatistics, RunnerStatistics
 
@@ -93,52 +94,91 @@ _COUNTERS: dict[str, tuple[str, Callable[[RunnerStatistics], int]]] = {
 }
 
 
-class _Instruments:
-    """One set of observable instruments per meter, reporting every active runner."""
+S = TypeVar("S")
+M = TypeVar("M", bound=Hashable)
 
-    def __init__(self, meter: Meter) -> None:
-        self.active: set[RunnerMetrics] = set()
-        for name, (unit, description, read) in _GAUGES.items():
+
+class _Instruments(Generic[M, S]):
+    """One set of observable instruments per meter and ``prefix``, reporting
+    every entered metrics object of :attr:`active`.
+
+    ``samples(metrics)`` gives the statistics of each (or none, not read
+    yet) with their attributes; ``gauges`` and ``counters`` name the
+    instruments and how to read them; ``counter_unit(name)`` is a counter's
+    unit.
+    """
+
+    def __init__(
+        self,
+        meter: Meter,
+        prefix: str,
+        gauges: Mapping[str, tuple[str, str, Callable[[S], float | None]]],
+        counters: Mapping[str, tuple[str, Callable[[S], int]]],
+        counter_unit: Callable[[str], str],
+        samples: Callable[[M], Iterable[tuple[S, Mapping[str, str]]]],
+    ) -> None:
+        self.active: set[M] = set()
+        self._samples = samples
+        for name, (unit, description, read) in gauges.items():
             meter.create_observable_gauge(
-                f"asyncsourcing.runner.{name}",
+                f"{prefix}.{name}",
                 callbacks=[self._callback(read)],
                 unit=unit,
                 description=description,
             )
-        for name, (description, read_count) in _COUNTERS.items():
+        for name, (description, read_count) in counters.items():
             meter.create_observable_counter(
-                f"asyncsourcing.runner.{name}",
+                f"{prefix}.{name}",
                 callbacks=[self._callback(read_count)],
-                unit="{event}" if name in ("events", "skipped", "parked") else "1",
+                unit=counter_unit(name),
                 description=description,
             )
 
     def _callback(
-        self, read: Callable[[RunnerStatistics], int | None]
+        self, read: Callable[[S], float | None]
     ) -> Callable[[CallbackOptions], Iterable[Observation]]:
         from opentelemetry.metrics import Observation
 
         def observe(options: CallbackOptions) -> Iterable[Observation]:
             for metrics in list(self.active):
-                snapshot = metrics.snapshot
-                if snapshot is None:
-                    continue
-                value = read(snapshot)
-                if value is not None:
-                    yield Observation(value, metrics.attributes)
+                for statistics, attributes in self._samples(metrics):
+                    value = read(statistics)
+                    if value is not None:
+                        yield Observation(value, attributes)
 
         return observe
 
 
-_instruments: dict[int, tuple[Meter, _Instruments]] = {}
+# Keyed by the meter's identity and the prefix, holding the meter so that
+# its id is not reused.
+_instrument_sets: dict[tuple[int, str], tuple[Meter, _Instruments[Any, Any]]] = {}
 
 
-def _instruments_of(meter: Meter) -> _Instruments:
-    # Keyed by identity, holding the meter so that its id is not reused.
-    entry = _instruments.get(id(meter))
+def _instruments_of(
+    meter: Meter, prefix: str, make: Callable[[], _Instruments[M, S]]
+) -> _Instruments[M, S]:
+    entry = _instrument_sets.get((id(meter), prefix))
     if entry is None:
-        entry = _instruments[id(meter)] = (meter, _Instruments(meter))
+        entry = _instrument_sets[(id(meter), prefix)] = (meter, make())
     return entry[1]
+
+
+def _runner_samples(
+    metrics: RunnerMetrics,
+) -> Iterable[tuple[RunnerStatistics, Mapping[str, str]]]:
+    if metrics.snapshot is not None:
+        yield metrics.snapshot, metrics.attributes
+
+
+def _runner_instruments(meter: Meter) -> _Instruments[RunnerMetrics, RunnerStatistics]:
+    return _Instruments(
+        meter,
+        "asyncsourcing.runner",
+        _GAUGES,
+        _COUNTERS,
+        lambda name: "{event}" if name in ("events", "skipped", "parked") else "1",
+        _runner_samples,
+    )
 
 
 class RunnerMetrics:
@@ -163,7 +203,7 @@ class RunnerMetrics:
         self.snapshot: RunnerStatistics | None = None
         self.attributes: dict[str, str] = {}
         self._meter = meter
-        self._instruments: _Instruments | None = None
+        self._instruments: _Instruments[RunnerMetrics, RunnerStatistics] | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def refresh(self) -> RunnerStatistics:
@@ -183,7 +223,9 @@ class RunnerMetrics:
             raise RuntimeError(msg) from error
         meter = self._meter or metrics.get_meter("asyncsourcing")
         await self.refresh()
-        self._instruments = _instruments_of(meter)
+        self._instruments = _instruments_of(
+            meter, "asyncsourcing.runner", partial(_runner_instruments, meter)
+        )
         self._instruments.active.add(self)
         self._task = asyncio.create_task(self._refresh_forever())
         return self
@@ -243,43 +285,26 @@ _HORIZON_COUNTERS: dict[str, tuple[str, Callable[[HorizonStatistics], int]]] = {
 }
 
 
-class _HorizonInstruments:
-    """One set of observable instruments per meter, for every entered
-    :class:`HorizonMetrics`."""
-
-    def __init__(self, meter: Meter) -> None:
-        self.active: set[HorizonMetrics] = set()
-        for name, (unit, description, read) in _HORIZON_GAUGES.items():
-            meter.create_observable_gauge(
-                f"asyncsourcing.horizon.{name}",
-                callbacks=[self._callback(read)],
-                unit=unit,
-                description=description,
-            )
-        for name, (description, read_count) in _HORIZON_COUNTERS.items():
-            meter.create_observable_counter(
-                f"asyncsourcing.horizon.{name}",
-                callbacks=[self._callback(read_count)],
-                unit="{read}",
-                description=description,
-            )
-
-    def _callback(
-        self, read: Callable[[HorizonStatistics], int | float]
-    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
-        from opentelemetry.metrics import Observation
-
-        def observe(options: CallbackOptions) -> Iterable[Observation]:
-            for metrics in list(self.active):
-                for recorder in metrics.recorders:
-                    statistics = recorder.horizon_statistics()
-                    if statistics is not None:
-                        yield Observation(read(statistics), {"table": statistics.table})
-
-        return observe
+def _horizon_samples(
+    metrics: HorizonMetrics,
+) -> Iterable[tuple[HorizonStatistics, Mapping[str, str]]]:
+    for recorder in metrics.recorders:
+        statistics = recorder.horizon_statistics()
+        if statistics is not None:
+            yield statistics, {"table": statistics.table}
 
 
-_horizon_instruments: dict[int, tuple[Meter, _HorizonInstruments]] = {}
+def _horizon_instruments(
+    meter: Meter,
+) -> _Instruments[HorizonMetrics, HorizonStatistics]:
+    return _Instruments(
+        meter,
+        "asyncsourcing.horizon",
+        _HORIZON_GAUGES,
+        _HORIZON_COUNTERS,
+        lambda _: "{read}",
+        _horizon_samples,
+    )
 
 
 class HorizonMetrics:
@@ -294,7 +319,7 @@ class HorizonMetrics:
     ) -> None:
         self.recorders = recorders
         self._meter = meter
-        self._instruments: _HorizonInstruments | None = None
+        self._instruments: _Instruments[HorizonMetrics, HorizonStatistics] | None = None
 
     async def __aenter__(self) -> Self:
         try:
@@ -303,14 +328,9 @@ class HorizonMetrics:
             msg = "HorizonMetrics needs the opentelemetry-api package"
             raise RuntimeError(msg) from error
         meter = self._meter or metrics.get_meter("asyncsourcing")
-        # Keyed by identity, holding the meter so that its id is not reused.
-        entry = _horizon_instruments.get(id(meter))
-        if entry is None:
-            entry = _horizon_instruments[id(meter)] = (
-                meter,
-                _HorizonInstruments(meter),
-            )
-        self._instruments = entry[1]
+        self._instruments = _instruments_of(
+            meter, "asyncsourcing.horizon", partial(_horizon_instruments, meter)
+        )
         self._instruments.active.add(self)
         return self
 

@@ -410,10 +410,7 @@ class PostgresEventsDialect:
         if not self.notification_ids:
             return
         marked = await self._is_marked(conn)
-        if not self.concurrent_writes:
-            if marked:
-                raise concurrent.table_lock_on_concurrent_table(self.table)
-            self.mode_checked = True
+        if self._in_table_lock_mode(marked):
             return
         if not (created or marked):
             raise concurrent.concurrent_on_table_lock_table(self.table)
@@ -440,6 +437,19 @@ class PostgresEventsDialect:
         self._horizon_floor = 0  # A new table may have a new sequence.
         self.mode_checked = True
 
+    def _in_table_lock_mode(self, marked: bool) -> bool:
+        """True in table-lock mode (checked: nothing more to do), once the
+        table, ``marked`` or not for concurrent writes, is found to fit it.
+
+        :raises EventsTableModeError: the table is marked for concurrent writes.
+        """
+        if self.concurrent_writes:
+            return False
+        if marked:
+            raise concurrent.table_lock_on_concurrent_table(self.table)
+        self.mode_checked = True
+        return True
+
     async def check_write_mode(self, conn: PostgresConnection) -> None:
         """Check the table's mode against the recorder's, at first use of a
         table that the recorder did not create (``CREATE_TABLE=false``).
@@ -451,10 +461,7 @@ class PostgresEventsDialect:
         if self.mode_checked or not await self.table_exists(conn):
             return
         marked = await self._is_marked(conn)
-        if not self.concurrent_writes:
-            if marked:
-                raise concurrent.table_lock_on_concurrent_table(self.table)
-            self.mode_checked = True
+        if self._in_table_lock_mode(marked):
             return
         if not marked:
             raise concurrent.concurrent_on_table_lock_table(self.table)
