@@ -20,6 +20,7 @@ from eventsourcing.utils import EnvType
 
 from asyncsourcing.application import Application
 from asyncsourcing.leases import Lease
+from asyncsourcing.partitions import mismatch_error
 from asyncsourcing.persistence import (
     PersistenceError,
     Tracking,
@@ -232,8 +233,19 @@ class BaseProjectionRunner(Generic[TApplication]):
             raise RuntimeError(msg)
         self._is_started = True
         await self._prepare()
+        if self._partitions == 1:
+            await self._check_not_partitioned()
         await self._version.register(self.app_name)
         await self._loop.start()
+
+    async def _check_not_partitioned(self) -> None:
+        """Refuse to run a projection without partitions where its view has
+        them: it would start from the least partition's position and
+        process the other partitions' events again."""
+        positions = await self._tracking_recorder.partition_positions(self.app_name)
+        if positions:
+            where = f"in the view of projection {self._projection_name!r}"
+            raise mismatch_error(where, self.app_name, len(positions), 1)
 
     async def _prepare(self) -> None:
         """Make the view ready (create its tables) before reading its position."""

@@ -276,3 +276,21 @@ async def test_a_fenced_off_partition_is_let_go_and_nothing_is_processed_twice(
         await audit.wait(last, timeout=20)
         assert audit.partitions_owned == {0, 1, 2, 3}
         check_exactly_once_in_order(await view.entries(), last)
+
+
+async def test_a_projection_run_without_its_partitions_is_refused(
+    audit_backend: tuple[str, dict[str, str]],
+) -> None:
+    async with runner(audit_backend) as audit:
+        await save_events(audit.app, aggregates=4, events=1)
+        await audit.wait(4, timeout=10)
+
+    class Unpartitioned(AuditLogProjection):
+        """The same projection, its partitions forgotten."""
+
+        name = "auditlog"
+        partitions = 1
+
+    with pytest.raises(PartitionError, match=r"has 4 partitions .* declares 1"):
+        async with runner(audit_backend, Unpartitioned):
+            pass
