@@ -203,10 +203,17 @@ async def test_a_single_runner_owns_all_the_partitions(backend: Backend) -> None
         lease = only.leadership.lease(3)
         assert lease is not None and lease.projection_name == "counters[3]"
         assert lease.owner == only.leadership.owner
-        present = await only.leases.present(APP, PROJECTION)
-        assert [(p.owner, p.role) for p in present] == [
-            (only.leadership.owner, "partitions 0,1,2,3,4,5,6,7")
-        ]
+        # Its presence says what it holds, from the step that claimed them
+        # on (which records it after the claims: read until it has).
+        expected = [(only.leadership.owner, "partitions 0,1,2,3,4,5,6,7")]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while True:
+            present = await only.leases.present(APP, PROJECTION)
+            if [(p.owner, p.role) for p in present] == expected:
+                break
+            assert loop.time() < deadline, present
+            await asyncio.sleep(0.01)
     # Stopped cleanly: nothing is held, nobody is present.
     states = await only.leases.survey(APP, [partition_lease_name(PROJECTION, 0)])
     assert [s.expired for s in states] == [True]
