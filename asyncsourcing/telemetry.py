@@ -163,6 +163,18 @@ def _instruments_of(
     return entry[1]
 
 
+def _meter_or_default(meter: Meter | None, who: str) -> Meter:
+    """``meter``, or asyncsourcing's meter of the global provider; raises
+    :class:`RuntimeError` naming ``who`` without the opentelemetry-api
+    package."""
+    try:
+        from opentelemetry import metrics
+    except ImportError as error:
+        msg = f"{who} needs the opentelemetry-api package"
+        raise RuntimeError(msg) from error
+    return meter or metrics.get_meter("asyncsourcing")
+
+
 def _runner_samples(
     metrics: RunnerMetrics,
 ) -> Iterable[tuple[RunnerStatistics, Mapping[str, str]]]:
@@ -216,12 +228,7 @@ class RunnerMetrics:
         return self.snapshot
 
     async def __aenter__(self) -> Self:
-        try:
-            from opentelemetry import metrics
-        except ImportError as error:
-            msg = "RunnerMetrics needs the opentelemetry-api package"
-            raise RuntimeError(msg) from error
-        meter = self._meter or metrics.get_meter("asyncsourcing")
+        meter = _meter_or_default(self._meter, "RunnerMetrics")
         await self.refresh()
         self._instruments = _instruments_of(
             meter, "asyncsourcing.runner", partial(_runner_instruments, meter)
@@ -322,12 +329,7 @@ class HorizonMetrics:
         self._instruments: _Instruments[HorizonMetrics, HorizonStatistics] | None = None
 
     async def __aenter__(self) -> Self:
-        try:
-            from opentelemetry import metrics
-        except ImportError as error:
-            msg = "HorizonMetrics needs the opentelemetry-api package"
-            raise RuntimeError(msg) from error
-        meter = self._meter or metrics.get_meter("asyncsourcing")
+        meter = _meter_or_default(self._meter, "HorizonMetrics")
         self._instruments = _instruments_of(
             meter, "asyncsourcing.horizon", partial(_horizon_instruments, meter)
         )

@@ -109,9 +109,6 @@ class BaseProjectionRunner(Generic[TApplication]):
         self._is_started = False
         self._is_closed = False
         settings = lease_settings(construct_env(projection.name, env, version=version))
-        self._leadership = Leadership(
-            tracking_recorder.leases, self.app_name, name, settings
-        )
         self._version = RunnerVersion(
             versions,
             projection.name,
@@ -145,7 +142,7 @@ class BaseProjectionRunner(Generic[TApplication]):
                 projection,
                 tracking_recorder,
                 self._topics,
-                self._leadership,
+                Leadership(tracking_recorder.leases, self.app_name, name, settings),
                 self._version,
                 RunnerCounters(),
                 record_skipped=self._record_skipped,
@@ -159,9 +156,7 @@ class BaseProjectionRunner(Generic[TApplication]):
 
         A runner of a partitioned projection leads while it owns partitions.
         """
-        if isinstance(self._loop, PartitionedLoop):
-            return Role(self._loop.role)
-        return self._leadership.role
+        return self._loop.role
 
     @property
     def lease(self) -> Lease | None:
@@ -172,9 +167,7 @@ class BaseProjectionRunner(Generic[TApplication]):
         a partitioned projection, whose leases are its partitions' (see
         :attr:`partitions_owned`).
         """
-        if isinstance(self._loop, PartitionedLoop):
-            return None
-        return self._leadership.lease
+        return self._loop.lease
 
     @property
     def partitions(self) -> int:
@@ -186,9 +179,7 @@ class BaseProjectionRunner(Generic[TApplication]):
     def partitions_owned(self) -> frozenset[int]:
         """The partitions this runner processes: all of them (``{0}``) for
         a projection that is not partitioned, while it leads."""
-        if isinstance(self._loop, PartitionedLoop):
-            return self._loop.leadership.owned
-        return frozenset({0}) if self.role is Role.LEADER else frozenset()
+        return self._loop.partitions_owned
 
     @property
     def is_running(self) -> bool:

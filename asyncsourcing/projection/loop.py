@@ -9,11 +9,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from asyncsourcing.application import Application
-from asyncsourcing.leases import FencedError
+from asyncsourcing.leases import FencedError, Lease
 from asyncsourcing.persistence import Tracking, TrackingRecorder
 from asyncsourcing.policies import Backoff
 from asyncsourcing.projection.filtered import FilteredPositions
-from asyncsourcing.projection.leadership import Leadership
+from asyncsourcing.projection.leadership import Leadership, Role
 from asyncsourcing.projection.processing import (
     Processor,
     RunnerSettings,
@@ -131,6 +131,25 @@ class RunnerLoop:
         stops too."""
         self.stopping.set()
         self.subscriber.stop()
+
+    @property
+    def role(self) -> Role:
+        """Leader (processes the events) or standby (waits to take over)."""
+        return self._leadership.role
+
+    @property
+    def lease(self) -> Lease | None:
+        """The lease the runner leads by, or None (standing by, or no lease)."""
+        return self._leadership.lease
+
+    @property
+    def partitions_owned(self) -> frozenset[int]:
+        """``{0}`` while the runner leads: it processes the whole projection."""
+        return frozenset({0}) if self.role is Role.LEADER else frozenset()
+
+    async def create_table(self) -> None:
+        """Create the tables of the leases, if the runner shares them."""
+        await self._leadership.create_table()
 
     @property
     def is_running(self) -> bool:

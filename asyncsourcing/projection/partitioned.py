@@ -37,6 +37,7 @@ from typing import Any
 from asyncsourcing.application import Application
 from asyncsourcing.leases import FencedError, Lease
 from asyncsourcing.persistence import Tracking, TrackingRecorder
+from asyncsourcing.projection.leadership import Role
 from asyncsourcing.projection.partition_leadership import PartitionLeadership
 from asyncsourcing.projection.partition_workers import (
     Generation,
@@ -134,9 +135,23 @@ class PartitionedLoop:
         return self._task is not None and not self._task.done()
 
     @property
-    def role(self) -> str:
-        """``leader`` while the runner owns partitions, else ``standby``."""
-        return "leader" if self.leadership.owned else "standby"
+    def role(self) -> Role:
+        """Leader while the runner owns partitions, else standby."""
+        return Role.LEADER if self.leadership.owned else Role.STANDBY
+
+    @property
+    def lease(self) -> Lease | None:
+        """None: the runner's leases are its partitions' (:attr:`leadership`)."""
+        return None
+
+    @property
+    def partitions_owned(self) -> frozenset[int]:
+        """The partitions whose leases the runner holds and has renewed in time."""
+        return self.leadership.owned
+
+    async def create_table(self) -> None:
+        """Create the tables of the leases, if the runner shares them."""
+        await self.leadership.create_table()
 
     def snapshot(self, recorded: int | None, head: int | None) -> RunnerStatistics:
         """The counters of this moment (see :meth:`RunnerCounters.snapshot`)."""
@@ -146,7 +161,7 @@ class PartitionedLoop:
             is_running=self.is_running,
             recorded=recorded,
             head=head,
-            role=self.role,
+            role=str(self.role),
             owner=self.leadership.owner,
         )
 

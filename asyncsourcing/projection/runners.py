@@ -90,7 +90,7 @@ class ProjectionRunner(
     async def _prepare(self) -> None:
         if self.factory.env_create_table():
             await self.view.create_table()
-            await self._leadership.create_table()
+            await self._loop.create_table()
             if self.view.versions is not None:
                 await self.view.versions.create_table()
 
@@ -141,7 +141,7 @@ class EventSourcedProjectionRunner(
 
     async def _prepare(self) -> None:
         if self.projection.factory.env_create_table():
-            await self._leadership.create_table()
+            await self._loop.create_table()
 
     async def _record_skipped(self, tracking: Tracking) -> None:
         """An empty processing event: the tracking, no new events."""
