@@ -205,8 +205,11 @@ class PartitionLeadership:
             # Wake for the next renewal, and to report a lease's expiry.
             expiries = (t + settings.ttl - now for t in self._renewed_at.values())
             delay = max(0.0, min(delay, self._next_renewal - now, *expiries))
+            # asyncio.timeout(), not wait_for(): on Python 3.11, wait_for()
+            # can swallow a cancellation that comes as the wake-up does.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     def lost(self, partition: int, reason: str) -> None:
         """A view transaction of ``partition`` was fenced off: the lease is

@@ -24,6 +24,9 @@ async def finish(task: asyncio.Task[None] | None) -> None:
 
 async def stopped_within(stopping: asyncio.Event, delay: float) -> bool:
     """Sleep ``delay`` seconds, or less if ``stopping`` is set: True then."""
+    # asyncio.timeout(), not wait_for(): on Python 3.11, wait_for() can
+    # swallow a cancellation that comes as the event is set.
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopping.wait(), delay)
+        async with asyncio.timeout(delay):
+            await stopping.wait()
     return stopping.is_set()
